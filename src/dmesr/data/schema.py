@@ -22,8 +22,9 @@ IMAGE_COLUMN = "image_ref"  # local path or URL, None when the item has no image
 class RawData:
     """What a reader returns, before any filtering.
 
-    interactions: user_key (str), item_key (str), timestamp (int64, seconds; a day
-        resolution source gives midnight UTC), rating (float64, NaN when absent).
+    interactions: user_key (str), item_key (str), timestamp (int64 milliseconds since
+        the Unix epoch; a day-resolution source gives midnight UTC), rating (float64,
+        NaN when absent).
     items: item_key (str, unique) + one column per text field (str or None) +
         `image_ref` (absolute local path or URL, or None).
     text_fields: the columns of `items` that are item text, in display order.

@@ -29,7 +29,6 @@ READERS: dict[str, str] = {
     "amazon2023": "dmesr.data.readers.amazon:read_amazon2023",
     "yelp": "dmesr.data.readers.yelp:read_yelp",
     "generic": "dmesr.data.readers.generic:read_generic",
-    "hm": "dmesr.data.readers.hm:read_hm",
 }
 
 

@@ -1,0 +1,60 @@
+"""The `dmesr` command line: a thin shell over the Python API.
+
+Each sub-command lives next to the code it drives (module:attribute below) and is
+imported only when invoked, so `dmesr --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from dmesr import __version__
+from dmesr.errors import DmesrError
+
+# command name -> "module:click_command"
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("dmesr.data.commands:prepare", "Read a raw dataset and prepare it (SPEC §2)."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="dmesr")
+def cli() -> None:
+    """dmesr: multimodal sequential recommendation enhanced by multimodal LLMs."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="dmesr", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DmesrError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
