@@ -1,0 +1,29 @@
+# The two set-up commands of the README. Both install into .venv first (idempotent).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dmesr-installed
+OUT ?= artifacts
+
+.PHONY: demo test install lint
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from the local CPU wheel: any other spec pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,encoders,llm]"
+	# the embedded default dataset ships inside the recbole wheel; its pinned deps are not needed
+	$(BIN)/pip install -q --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/dmesr prepare --config configs/datasets/ml100k.yaml --out $(OUT)/ml100k
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
