@@ -53,7 +53,7 @@ def compute_stats(prepared: Prepared, raw: RawData, policy: ErrorPolicy) -> dict
         "rejected_records": int(policy.n_rejected),
         "kcore_iterations": int(prepared.kcore_iterations),
         "funnel": prepared.funnel.steps,
-        "raw_interactions": int(len(raw.interactions)),
+        "raw_interactions": len(raw.interactions),
     }
 
 

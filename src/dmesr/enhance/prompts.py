@@ -100,8 +100,10 @@ class TemplateSet:
         fields: dict[str, Any],
         image_path: str | None = None,
         image_sha: str | None = None,
+        max_field_chars: int = 1200,
     ) -> Prompt:
-        text = self.template(view, mode).format(domain=domain, fields=render_fields(fields))
+        rendered_fields = render_fields(fields, max_field_chars)
+        text = self.template(view, mode).format(domain=domain, fields=rendered_fields)
         system = self.system if mode == "chat" else None
         h = stable_hash([self.id, self.version, view, mode, system, text, image_sha])[:16]
         return Prompt(view, mode, system, text, image_path, image_sha, self.tag, h)

@@ -1,0 +1,49 @@
+"""Sequential recommenders (SASRec, BERT4Rec, GRU4Rec), item encoders and baselines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from torch import nn
+
+from dmesr.models.backbones import BERT4Rec, GRU4Rec, SASRec
+from dmesr.models.baselines import Pop
+from dmesr.models.item_encoders import IdEncoder, ItemEncoder
+from dmesr.models.sequential import SequentialRecommender
+
+if TYPE_CHECKING:
+    from dmesr.train.config import ModelConfig
+
+__all__ = ["BERT4Rec", "GRU4Rec", "IdEncoder", "Pop", "SASRec", "SequentialRecommender",
+           "build_encoder", "build_model"]
+
+
+def build_encoder(cfg: ModelConfig, n_items: int) -> ItemEncoder:
+    if cfg.encoder.type == "id":
+        return IdEncoder(n_items, cfg.hidden)
+    raise ValueError(f"unknown encoder type '{cfg.encoder.type}'")
+
+
+def build_model(
+    cfg: ModelConfig, n_items: int, popularity: np.ndarray | None = None,
+    encoder: ItemEncoder | None = None,
+) -> nn.Module:
+    """The model named by `cfg.backbone`; `encoder` overrides the configured item encoder."""
+    if cfg.backbone == "pop":
+        if popularity is None:
+            raise ValueError("the pop baseline needs training popularity")
+        return Pop(n_items).fit(popularity)
+    enc = encoder if encoder is not None else build_encoder(cfg, n_items)
+    common = {"loss": cfg.loss, "n_neg": cfg.n_neg}
+    if cfg.backbone == "gru4rec":
+        return GRU4Rec(enc, cfg.gru_hidden, cfg.layers, cfg.dropout, **common)
+    tf = {
+        "max_len": cfg.max_len, "layers": cfg.layers, "heads": cfg.heads, "inner": cfg.inner,
+        "dropout": cfg.dropout, "attn_dropout": cfg.attn_dropout,
+        "emb_dropout": cfg.emb_dropout, "act": cfg.act, **common,
+    }
+    if cfg.backbone == "sasrec":
+        return SASRec(enc, norm=cfg.norm or "pre", **tf)
+    return BERT4Rec(enc, norm=cfg.norm or "post", mask_prob=cfg.mask_prob,
+                    last_ratio=cfg.last_ratio, **tf)

@@ -1,0 +1,100 @@
+"""`RunConfig`: everything one training run needs (dataset, model, train, eval)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dmesr.config import resolve_path
+from dmesr.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetRef(_Strict):
+    """Where the prepared dataset is: `paths.prepared`, built from `paths.config` if absent."""
+
+    paths: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="prepared: prepared dataset dir; config: dataset YAML used to build it "
+        "when `prepared` has no manifest.json (relative paths: to the YAML file)",
+    )
+
+    def prepared_dir(self) -> Path:
+        value = self.paths.get("prepared")
+        if not value:
+            raise ConfigError("dataset.paths.prepared is required")
+        return resolve_path(value)
+
+    def config_file(self) -> Path | None:
+        value = self.paths.get("config")
+        return resolve_path(value) if value else None
+
+
+class EncoderConfig(_Strict):
+    type: Literal["id"] = "id"
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["sasrec", "bert4rec", "gru4rec", "pop"] = "sasrec"
+    hidden: int = Field(64, ge=1, description="item view width d")
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    inner: int = Field(256, ge=1, description="transformer FFN width")
+    gru_hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1, description="hidden/residual dropout")
+    attn_dropout: float = Field(0.2, ge=0, lt=1)
+    emb_dropout: float | None = Field(None, description="None: same as dropout")
+    norm: Literal["pre", "post"] | None = Field(
+        None, description="None: pre for SASRec (paper), post for BERT4Rec"
+    )
+    act: Literal["gelu", "relu"] = "gelu"
+    max_len: int = Field(50, ge=2)
+    loss: Literal["bce", "ce", "sampled_softmax"] = "ce"
+    n_neg: int = Field(1, ge=1, description="negatives per position for bce/sampled_softmax")
+    mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec cloze mask probability")
+    last_ratio: float = Field(0.1, ge=0, le=1, description="BERT4Rec last-item-only share")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.backbone in ("sasrec", "bert4rec") and self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(400, ge=1, description="maximum epochs")
+    patience: int = Field(20, ge=1, description="evaluations without improvement before stop")
+    eval_every: int = Field(1, ge=1, description="validate every N epochs")
+    seed: int = 2026
+    threads: int = Field(2, ge=1, description="torch intra-op threads")
+    grad_clip: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0, description="stop (and keep best) after this")
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    mrr_k: int = 10
+    select_metric: str = Field("NDCG@10", description="validation metric (full ranking)")
+    exclude_history: bool = True
+    sampled: bool = True
+    chunk_users: int = Field(2048, ge=1, description="users scored per full-ranking chunk")
+    head_item_frac: float = Field(0.2, gt=0, lt=1, description="top share of items = head")
+    head_user_frac: float = Field(0.2, gt=0, lt=1, description="longest share of users = head")
+
+
+class RunConfig(_Strict):
+    dataset: DatasetRef = Field(default_factory=DatasetRef)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
