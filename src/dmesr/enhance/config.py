@@ -74,6 +74,10 @@ class LocalConfig(BaseModel):
     repeat_penalty: float = Field(1.15, ge=1.0)
     stop: list[str] = Field(default_factory=lambda: ["\n", "Catalogue entry"])
     seed: int = 0
+    degenerate_retries: int = Field(
+        1, ge=0, description="on a degenerate answer, resample at retry_temperature this often"
+    )
+    retry_temperature: float = Field(0.7, gt=0)
     top_labels: int = Field(5, ge=1, le=20, description="ImageNet labels kept for `img`")
     min_label_prob: float = Field(0.03, ge=0, le=1)
 
@@ -91,6 +95,10 @@ class EnhanceConfig(BaseModel):
     fsync_every: int = Field(32, ge=1, description="fsync the cache after this many lines")
     fsync_interval_s: float = Field(2.0, gt=0, description="... or after this many seconds")
     error_samples: int = Field(5, ge=0, description="error samples per view in the report")
+    max_failures: int = Field(
+        3, ge=1, description="a rerun retries a failed item until it failed this often "
+        "(answers judged degenerate at temperature 0 are final: they would repeat)"
+    )
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
 

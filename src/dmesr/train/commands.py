@@ -1,0 +1,69 @@
+"""`dmesr train`: train one model (or one per seed) from a RunConfig."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from dmesr.config import load_config
+from dmesr.data.dataset import PreparedDataset
+from dmesr.io import write_json
+from dmesr.train.config import DatasetRef, RunConfig
+
+
+def open_dataset(ref: DatasetRef) -> PreparedDataset:
+    """The prepared dataset; prepared first from `paths.config` when it does not exist yet."""
+    root = ref.prepared_dir()
+    if not (root / "manifest.json").is_file() and ref.config_file() is not None:
+        from dmesr.data.prepare import prepare
+        from dmesr.data.schema import DatasetConfig
+
+        return prepare(load_config(DatasetConfig, [ref.config_file()]), root)
+    return PreparedDataset(root)
+
+
+def train_run(cfg: RunConfig, out: Path, resume: bool = True) -> dict[str, float]:
+    from dmesr.train.trainer import Trainer
+
+    return Trainer(cfg, open_dataset(cfg.dataset), out).fit(resume=resume)
+
+
+def _print_summary(metrics: dict[str, float], out: Path) -> None:
+    keys = ["valid.full.NDCG@10", "test.full.NDCG@10", "test.full.HR@10", "test.sampled.NDCG@10",
+            "train.best_epoch", "train.s_per_epoch", "train.time_to_best_s"]
+    click.echo(f"{out}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics))
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--config", "configs", multiple=True, required=True, type=click.Path(),
+              help="experiment YAML (repeatable; later files win)")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="run directory")
+@click.option("--seeds", default=None, help="comma-separated seeds: one run per seed "
+              "in OUT/seed<N>, plus OUT/aggregate.json (mean ± std)")
+@click.option("--overwrite", is_flag=True, help="delete OUT first instead of resuming")
+@click.argument("overrides", nargs=-1)
+def train(configs: tuple[str, ...], out: Path, seeds: str | None, overwrite: bool,
+          overrides: tuple[str, ...]) -> None:
+    """Train a model; resumes from OUT's last checkpoint if the run was interrupted.
+
+    OVERRIDES are dotted settings such as model.dropout=0.3 train.lr=0.002.
+    """
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else [None]
+    runs = []
+    for seed in seed_list:
+        extra = [f"train.seed={seed}"] if seed is not None else []
+        cfg = load_config(RunConfig, list(configs), [*overrides, *extra])
+        run_dir = out / f"seed{seed}" if seed is not None else out
+        _print_summary(train_run(cfg, run_dir), run_dir)
+        runs.append(run_dir)
+    if len(runs) > 1:
+        from dmesr.eval.compare import aggregate
+
+        agg = aggregate(runs)
+        write_json(out / "aggregate.json", {"runs": [str(r) for r in runs], "metrics": agg})
+        for key in ("test.full.NDCG@10", "test.full.HR@10"):
+            click.echo(f"{key}: {agg[key]['mean']:.4f} ± {agg[key]['std']:.4f} (n={len(runs)})")

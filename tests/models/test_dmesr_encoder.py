@@ -1,0 +1,121 @@
+"""DMESR encoder: shapes, masking, alignment, and that ablation switches remove components."""
+
+from __future__ import annotations
+
+import torch
+
+from dmesr.models.dmesr import DMESRConfig, DMESREncoder, alignment_loss, masked_mean
+
+N_ITEMS, DIM = 30, 16
+
+
+def _features(seed: int = 0, missing_img: tuple[int, ...] = (3, 4)):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(N_ITEMS + 1, 8, generator=g)
+    mllm = {}
+    for k, name in enumerate(["img", "txt", "mm"]):
+        proj = torch.randn(8, 12, generator=g)
+        table = base @ proj + 0.1 * torch.randn(N_ITEMS + 1, 12, generator=g)
+        mask = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+        if name in ("img", "mm"):
+            mask[list(missing_img)] = False
+            table[list(missing_img)] = 0.0
+        mllm[name] = (table * (k + 1), mask)
+    text = {f: (torch.randn(N_ITEMS + 1, 10, generator=g), torch.ones(N_ITEMS + 1, dtype=torch.bool))
+            for f in ["title", "genres"]}
+    return mllm, text
+
+
+def _encoder(**overrides) -> DMESREncoder:
+    mllm, text = _features()
+    return DMESREncoder(N_ITEMS, DIM, mllm, text, DMESRConfig(**overrides))
+
+
+def test_shapes_and_padding():
+    enc = _encoder()
+    ids = torch.tensor([[0, 1, 2], [3, 0, 5]])
+    out = enc(ids)
+    assert out.shape == (2, 3, 3, DIM)
+    assert torch.all(out[0, 0] == 0) and torch.all(out[1, 1] == 0)
+    assert enc.all_items().shape == (N_ITEMS + 1, 3, DIM)
+    enc.eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(ids), enc.all_items()[ids])
+
+
+def test_missing_views_do_not_leak_into_fusion():
+    """Changing the stored (masked) img features of an item without image changes nothing."""
+    mllm, text = _features()
+    enc = DMESREncoder(N_ITEMS, DIM, mllm, text, DMESRConfig()).eval()
+    before = enc.all_items()[3].clone()
+    enc.m0[3] = 100.0  # img of item 3 is masked
+    enc.m2[3] = -50.0  # mm of item 3 is masked
+    enc.train().eval()  # drop the cache
+    assert torch.allclose(enc.all_items()[3], before)
+
+
+def test_alignment_loss_skips_missing_pairs_and_falls_when_trained():
+    mllm, text = _features()
+    enc = DMESREncoder(N_ITEMS, DIM, mllm, text, DMESRConfig(adapter_dropout=0.0))
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+    ids = torch.arange(1, N_ITEMS + 1)
+    losses = []
+    for _ in range(60):
+        enc.new_step()
+        enc(ids)
+        loss = enc.aux_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    views = torch.randn(4, 3, DIM)
+    mask = torch.tensor([[1, 0, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
+    # only pair (0, 2) has >= 2 items with both views; a masked view cannot change the loss
+    a = alignment_loss(views, mask, 0.1)
+    views[:, 1] = 7.0
+    assert torch.allclose(a, alignment_loss(views, mask, 0.1))
+
+
+def test_no_alignment_switch_removes_loss():
+    enc = _encoder(align_weight=0.0)
+    enc.new_step()
+    enc(torch.tensor([1, 2, 3]))
+    assert enc.aux_loss() is None
+
+
+def test_no_fusion_switch_bypasses_cross_attention():
+    enc = _encoder(fusion="mean")
+    enc.new_step()
+    enc(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert all(p.grad is None for p in enc.fuse_m.parameters())
+    assert all(p.grad is None for p in enc.fuse_t.parameters())
+    enc = _encoder()
+    enc.new_step()
+    enc(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert any(p.grad is not None for p in enc.fuse_m.parameters())
+
+
+def test_view_switches():
+    assert _encoder(out_views=["mllm"]).all_items().shape[1] == 1
+    assert _encoder(out_views=["text", "mllm"]).id_embedding is None
+    enc = _encoder(out_views=["text", "mllm", "id"], id_init="pca")
+    assert enc.id_embedding.weight[1:].abs().sum() > 0 and enc.id_embedding.weight[0].abs().sum() == 0
+
+
+def test_masked_mean_all_missing_is_zero():
+    x = torch.randn(2, 3, 4)
+    mask = torch.tensor([[False] * 3, [True, False, False]])
+    out = masked_mean(x, mask)
+    assert torch.all(out[0] == 0) and torch.allclose(out[1], x[1, 0])
+
+
+def test_batch_scope_matches_all_scope():
+    torch.manual_seed(0)
+    a = _encoder(fusion_scope="all", adapter_dropout=0.0)
+    b = _encoder(fusion_scope="batch", adapter_dropout=0.0)
+    b.load_state_dict(a.state_dict())
+    ids = torch.tensor([[1, 5, 5, 0], [2, 9, 1, 3]])
+    a.new_step()
+    b.new_step()
+    assert torch.allclose(a(ids), b(ids), atol=1e-6)
