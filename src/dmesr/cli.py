@@ -17,6 +17,8 @@ from dmesr.errors import DmesrError
 # command name -> "module:click_command"
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("dmesr.data.commands:prepare", "Read a raw dataset and prepare it (SPEC §2)."),
+    "enhance": ("dmesr.enhance.commands:enhance", "Generate MLLM item descriptions (Stage A)."),
+    "embed": ("dmesr.features.commands:embed", "Encode descriptions, texts and images (Stage A)."),
     "train": ("dmesr.train.commands:train", "Train SASRec/BERT4Rec/GRU4Rec/pop (resumable)."),
     "evaluate": ("dmesr.eval.commands:evaluate", "Evaluate runs; seeds mean ± std; significance."),
 }

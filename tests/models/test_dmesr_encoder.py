@@ -119,3 +119,28 @@ def test_batch_scope_matches_all_scope():
     a.new_step()
     b.new_step()
     assert torch.allclose(a(ids), b(ids), atol=1e-6)
+
+
+def test_sequence_fusion_is_causal_and_ignores_padding():
+    enc = _encoder(fusion="sequence", adapter_dropout=0.0).eval()
+    seq = torch.tensor([[0, 0, 4, 7, 9, 2]])
+    with torch.no_grad():
+        emb = enc(seq)
+        out = enc.sequence_mix(emb, seq == 0, causal=True)
+        changed = seq.clone()
+        changed[0, -1] = 11  # a future item
+        out2 = enc.sequence_mix(enc(changed), changed == 0, causal=True)
+    assert out.shape == emb.shape
+    assert torch.allclose(out[:, :-1], out2[:, :-1], atol=1e-6)
+    assert not torch.allclose(out[:, -1], out2[:, -1])
+    assert torch.all(out[0, :2] == 0)
+    assert _encoder().sequence_mix(emb, seq == 0, True) is emb  # other fusions: identity
+
+
+def test_concat_baseline_uses_one_adapter_over_all_mllm_views():
+    enc = _encoder(fusion="concat", out_views=["id", "mllm"], align_weight=0.0)
+    assert enc.concat_adapter is not None
+    assert enc.concat_adapter.net[0].in_features == 36
+    enc.new_step()
+    enc(torch.tensor([[1, 2]])).sum().backward()
+    assert all(p.grad is None for a in enc.m_adapters for p in a.parameters())

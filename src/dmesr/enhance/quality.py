@@ -20,8 +20,9 @@ def clean(text: str | None, truncated: bool = False) -> str:
     out = " ".join((text or "").split())
     if truncated:
         ends = [m.end() for m in _SENTENCE_END.finditer(out)]
-        # keep the cut only when it keeps at least half of the answer
-        if ends and ends[-1] >= len(out) // 2:
+        # an unfinished clause adds noise to the embedding; cut it when a complete
+        # sentence of some substance remains
+        if ends and ends[-1] >= 20:
             out = out[: ends[-1]]
     return out
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmesr.models.dropout import fast_dropout
 from dmesr.models.item_encoders import ItemEncoder
 from dmesr.models.sequential import Backbone, Batch, LossType, SequentialRecommender
 from dmesr.models.transformer import Norm, TransformerBackbone
@@ -35,7 +35,7 @@ class BERT4RecBackbone(TransformerBackbone):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        return self.head(super().forward(x, pad))
+        return self.head(super().forward(x, pad)).masked_fill(pad[..., None], 0.0)
 
 
 class BERT4Rec(SequentialRecommender):
@@ -100,7 +100,7 @@ class GRUBackbone(Backbone):
         n_pad = pad.sum(dim=1, keepdim=True)
         cols = torch.arange(length, device=x.device)[None, :]
         to_right = ((cols + n_pad) % length)[..., None].expand(-1, -1, x.shape[2])
-        h = F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+        h = fast_dropout(x, self.dropout, self.training)
         out, _ = self.gru(h.gather(1, to_right))
         out = self.dense(out)
         to_left = ((cols - n_pad) % length)[..., None].expand(-1, -1, out.shape[2])

@@ -36,7 +36,14 @@ class DMESRConfig(BaseModel):
     out_views: list[OutView] = Field(default_factory=lambda: ["text", "mllm", "id"])
     adapter: Literal["linear", "mlp"] = "mlp"
     adapter_dropout: float = 0.1
-    fusion: Literal["cross_attention", "mean", "sequence"] = "cross_attention"
+    fusion: Literal["cross_attention", "mean", "sequence", "concat"] = Field(
+        "cross_attention",
+        description="cross_attention: item-level bidirectional fusion (DMESR); mean: no "
+        "fusion; sequence: causal cross-attention along the user sequence between the "
+        "`sequence_pair` views; concat: MLLM views concatenated into one adapter "
+        "(MLLM-concat baseline)",
+    )
+    sequence_pair: tuple[OutView, OutView] = ("text", "mllm")
     heads: int = 2
     align_weight: float = Field(0.1, ge=0.0, description="λ in L = L_rec + λ·L_align")
     temperature: float = Field(0.1, gt=0.0)
@@ -147,6 +154,16 @@ class DMESREncoder(ItemEncoder):
                                                 cfg.adapter_dropout) for k in text)
         self.fuse_m = CrossFusion(dim, cfg.heads, cfg.adapter_dropout)
         self.fuse_t = CrossFusion(dim, cfg.heads, cfg.adapter_dropout)
+        self.concat_adapter: Adapter | None = None
+        if cfg.fusion == "concat" and mllm:
+            width = sum(t.shape[1] for t, _ in mllm.values())
+            self.concat_adapter = Adapter(width, dim, cfg.adapter, cfg.adapter_dropout)
+        self.seq_fusion: SequenceFusion | None = None
+        if cfg.fusion == "sequence":
+            missing = [v for v in cfg.sequence_pair if v not in cfg.out_views]
+            if missing:
+                raise ValueError(f"sequence_pair views {missing} are not in out_views")
+            self.seq_fusion = SequenceFusion(dim, cfg.heads, cfg.adapter_dropout)
         log_t = torch.tensor(math.log(cfg.temperature))
         self.log_temperature = nn.Parameter(log_t, requires_grad=cfg.learn_temperature)
         self.id_embedding: nn.Embedding | None = None
@@ -190,7 +207,10 @@ class DMESREncoder(ItemEncoder):
         t, t_mask = self._stack("t", self.t_adapters, ids) if self.text_names else (None, None)
         cross = self.cfg.fusion == "cross_attention" and m is not None and t is not None
         for view in self.cfg.out_views:
-            if view == "mllm":
+            if view == "mllm" and self.concat_adapter is not None:
+                raw = [getattr(self, f"m{k}")[ids] for k in range(len(self.mllm_names))]
+                out.append(self.concat_adapter(torch.cat(raw, dim=-1)))
+            elif view == "mllm":
                 out.append(self.fuse_m(m, m_mask, t, t_mask) if cross else masked_mean(m, m_mask))
             elif view == "text":
                 out.append(self.fuse_t(t, t_mask, m, m_mask) if cross else masked_mean(t, t_mask))
@@ -226,6 +246,16 @@ class DMESREncoder(ItemEncoder):
         uniq, inverse = torch.unique(ids, return_inverse=True)
         return self.fused(uniq)[inverse]
 
+    def sequence_mix(self, emb: Tensor, pad: Tensor, causal: bool) -> Tensor:
+        """`fusion: sequence`: fuse two views along the user sequence, emb [B, L, V, d]."""
+        if self.seq_fusion is None:
+            return emb
+        ia, ib = (self.cfg.out_views.index(v) for v in self.cfg.sequence_pair)
+        a, b = self.seq_fusion(emb[:, :, ia], emb[:, :, ib], pad, causal)
+        views = list(emb.unbind(2))
+        views[ia], views[ib] = a, b
+        return torch.stack(views, 2)
+
     # ---- alignment -------------------------------------------------------------------------
     @property
     def temperature(self) -> Tensor:
@@ -240,3 +270,37 @@ class DMESREncoder(ItemEncoder):
             ids = ids[torch.randperm(ids.numel(), device=ids.device)[: self.cfg.align_max_items]]
         m, m_mask = self._stack("m", self.m_adapters, ids)
         return self.cfg.align_weight * alignment_loss(m, m_mask, self.temperature)
+
+
+class SequenceFusion(nn.Module):
+    """Fusion along the user sequence (`fusion: sequence`, LLM-ESR style).
+
+    Two view sequences A, B [N, L, d] attend to each other: A' = LN(A + Attn(A, B, B)) and
+    B' = LN(B + Attn(B, A, A)). With `causal`, position t sees only positions <= t of the
+    other view, so no future item leaks into an earlier prediction.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.a_to_b = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.b_to_a = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm_a = nn.LayerNorm(dim)
+        self.norm_b = nn.LayerNorm(dim)
+
+    @staticmethod
+    def attn_mask(pad: Tensor, causal: bool) -> Tensor:
+        """Bool mask [N, L, L], True = blocked; the diagonal stays open so no row is empty."""
+        n, length = pad.shape
+        blocked = pad[:, None, :].expand(n, length, length).clone()
+        if causal:
+            future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=pad.device), 1)
+            blocked |= future
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=pad.device)
+        return blocked
+
+    def forward(self, a: Tensor, b: Tensor, pad: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
+        mask = self.attn_mask(pad, causal).repeat_interleave(self.a_to_b.num_heads, dim=0)
+        a2, _ = self.a_to_b(a, b, b, attn_mask=mask, need_weights=False)
+        b2, _ = self.b_to_a(b, a, a, attn_mask=mask, need_weights=False)
+        keep = (~pad)[..., None].to(a.dtype)
+        return self.norm_a(a + a2) * keep, self.norm_b(b + b2) * keep

@@ -88,7 +88,7 @@ def pretrained_table(
     prepended). Frozen tables are registered without gradients, so they cost nothing in
     the optimiser and are saved (and checked) with the model.
     """
-    arr = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    arr = torch.as_tensor(np.array(features, dtype=np.float32))  # a copy: mmaps are read-only
     if arr.ndim != 2:
         raise ArtifactMismatchError(f"{name}: expected a 2-D feature table, got {tuple(arr.shape)}")
     if arr.shape[0] == n_items:
@@ -97,7 +97,6 @@ def pretrained_table(
         raise ArtifactMismatchError(
             f"{name}: {arr.shape[0]} rows, expected {n_items + 1} (items + padding row)"
         )
-    arr = arr.clone()
     arr[0] = 0.0
     return nn.Embedding.from_pretrained(arr, freeze=not trainable, padding_idx=0)
 

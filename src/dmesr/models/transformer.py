@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmesr.models.dropout import fast_dropout
 from dmesr.models.sequential import Backbone
 
 Norm = Literal["pre", "post"]
@@ -50,7 +51,7 @@ class Block(nn.Module):
         return self.ff2(self.act(self.ff1(x)))
 
     def _drop(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+        return fast_dropout(x, self.dropout, self.training)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         if self.norm == "pre":
@@ -104,8 +105,7 @@ class TransformerBackbone(Backbone):
         start = self.pos.num_embeddings - length  # shorter inputs keep the last positions
         h = x * self.scale + self.pos.weight[start:]
         h = self.emb_ln(h)
-        if self.emb_dropout > 0:
-            h = F.dropout(h, self.emb_dropout, self.training)
+        h = fast_dropout(h, self.emb_dropout, self.training)
         valid = (~pad)[..., None].to(h.dtype)
         h = h * valid
         mask = self.attention_mask(pad)

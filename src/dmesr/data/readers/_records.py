@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 from dmesr.data.schema import IMAGE_COLUMN, ITEM_KEY, DatasetConfig
 from dmesr.errors import ConfigError, ErrorPolicy
@@ -40,7 +43,7 @@ def is_gzip(path: Path) -> bool:
 
 def open_binary(path: Path) -> IO[bytes]:
     """Open a file for binary reading, decompressing it when it starts with the gzip magic."""
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")  # noqa: SIM115
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def iter_lines(
@@ -55,6 +58,8 @@ def iter_lines(
     mode the lines read before a truncation are kept (the truncation is one reject).
     An empty file (no non-blank line at all) is reported as a bad line 1.
     """
+    if not path.is_file():
+        raise ConfigError(f"input file not found: {path}")
     lineno = 0
     seen_content = False
     with open_binary(path) as f:
@@ -134,6 +139,43 @@ def iter_records(
         yield lineno, record
 
 
+def fast_table(path: Path, fields: dict[str, pa.DataType]) -> pa.Table | None:
+    """The named fields of a strict-JSON-lines file via pyarrow's parser (~3x faster).
+
+    Returns None on anything unusual: a Python-literal line, a type clash, bad UTF-8 in a
+    field we use, a truncated stream, an empty file, a missing or empty value. The caller
+    then re-reads line by line, which finds and reports the exact line.
+    """
+    options = pajson.ParseOptions(explicit_schema=pa.schema(list(fields.items())),
+                                  unexpected_field_behavior="ignore")
+    try:
+        with pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None) as f:
+            table = pajson.read_json(f, parse_options=options)
+        table.validate(full=True)  # the JSON parser lets invalid UTF-8 into strings
+    except (pa.ArrowException, OSError, EOFError, ValueError):
+        return None
+    for name, kind in fields.items():
+        col = table[name]
+        if col.null_count or (pa.types.is_floating(kind) and not pc.all(pc.is_finite(col)).as_py()):
+            return None
+        if pa.types.is_string(kind):
+            trimmed = pc.utf8_trim_whitespace(col)
+            if pc.any(pc.equal(pc.utf8_length(trimmed), 0)).as_py():
+                return None
+            table = table.set_column(table.schema.get_field_index(name), name, trimmed)
+    return table if table.num_rows else None
+
+
+def fast_frame(table: pa.Table, user: str, item: str, rating: str,
+               time_ms: pa.ChunkedArray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_key": pd.Series(table[user].to_pandas(), dtype=str),
+        "item_key": pd.Series(table[item].to_pandas(), dtype=str),
+        "timestamp": time_ms.to_numpy().astype("int64"),
+        "rating": table[rating].to_numpy().astype("float64"),
+    })
+
+
 class Bad(Exception):
     """A field of one record is unusable; carries the field name for the report."""
 
@@ -188,14 +230,14 @@ def as_int(record: Mapping[str, Any], key: str, what: str) -> int:
     raise Bad(key, f"expected {what}, got {value!r}")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # noqa: UP017 (py310 target)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def as_datetime_ms(record: Mapping[str, Any], key: str, fmt: str, example: str) -> int:
     """A naive date-time string in format `fmt`, read as UTC, in milliseconds."""
     value = get(record, key)
     try:
-        moment = datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)  # noqa: UP017
+        moment = datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
         raise Bad(key, f"expected a date-time like '{example}', got {value!r}") from None
     return (moment - _EPOCH) // _MS

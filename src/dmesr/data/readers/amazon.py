@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from dmesr.data.readers._records import (
     Bad,
     as_float,
@@ -22,6 +26,8 @@ from dmesr.data.readers._records import (
     as_int,
     check_options,
     clean_text,
+    fast_frame,
+    fast_table,
     interactions_frame,
     items_frame,
     iter_records,
@@ -228,8 +234,11 @@ def _read(cfg: DatasetConfig, policy: ErrorPolicy, v: _Version, item_field: str)
 
 def _read_reviews(
     path: Path, policy: ErrorPolicy, v: _Version, item_field: str
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Interactions in file order, plus asin -> parent_asin when items are variants."""
+    fast = _fast_reviews(path, v, item_field)
+    if fast is not None:
+        return fast
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
@@ -253,6 +262,24 @@ def _read_reviews(
         if variants:
             parent_of.setdefault(item, parent)
     return interactions_frame(users, items, times, ratings), parent_of
+
+
+def _fast_reviews(
+    path: Path, v: _Version, item_field: str
+) -> tuple[pd.DataFrame, dict[str, str]] | None:
+    fields = {v.user: pa.string(), item_field: pa.string(), v.item: pa.string(),
+              v.rating: pa.float64(), v.time: pa.int64()}
+    table = fast_table(path, fields)
+    if table is None:
+        return None
+    time_ms = pc.multiply(table[v.time], v.time_to_ms)
+    frame = fast_frame(table, v.user, item_field, v.rating, time_ms)
+    parent_of: dict[str, str] = {}
+    if item_field != v.item:
+        pairs = pd.DataFrame({"c": frame["item_key"], "p": table[v.item].to_pandas()})
+        pairs = pairs.drop_duplicates("c")
+        parent_of = dict(zip(pairs["c"], pairs["p"], strict=True))
+    return frame, parent_of
 
 
 def _read_meta(

@@ -13,6 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from dmesr.data.readers._records import (
     Bad,
     as_datetime_ms,
@@ -20,6 +24,8 @@ from dmesr.data.readers._records import (
     as_id,
     check_options,
     clean_text,
+    fast_frame,
+    fast_table,
     get,
     interactions_frame,
     items_frame,
@@ -91,7 +97,14 @@ def _photo_dir(cfg: DatasetConfig, photos_path: Path | None) -> Path | None:
     return photo_dir.resolve() if photo_dir else None
 
 
-def _read_reviews(path: Path, policy: ErrorPolicy) -> Any:
+def _read_reviews(path: Path, policy: ErrorPolicy) -> pd.DataFrame:
+    table = fast_table(path, {"user_id": pa.string(), "business_id": pa.string(),
+                              "stars": pa.float64(), "date": pa.string()})
+    if table is not None:
+        parsed = pc.strptime(table["date"], format=DATE_FORMAT, unit="ms", error_is_null=True)
+        if not parsed.null_count:
+            return fast_frame(table, "user_id", "business_id", "stars",
+                              pc.cast(parsed, pa.int64()))
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
@@ -173,7 +186,7 @@ def _business_text(rec: dict[str, Any], caption: str | None) -> dict[str, str | 
 
 
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z0-9])")
-_KEY_NAMES = {"RestaurantsPriceRange2": "price range"}
+_KEY_NAMES = {"RestaurantsPriceRange2": "price range", "WiFi": "wifi"}
 
 
 def _attr_value(value: Any) -> Any:

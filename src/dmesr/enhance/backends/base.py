@@ -33,15 +33,28 @@ class Result:
     latency_s: float = 0.0
     endpoint: str | None = None
     raw: str | None = None  # the rejected answer (shortened), kept for error reports
+    # a failure that would repeat if retried (a degenerate answer of deterministic decoding)
+    final: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def judge(answer: str | None, prompt: str, truncated: bool = False, **kw: Any) -> Result:
-    """Clean an answer and turn a degenerate one into a failure (never a description)."""
+def judge(
+    answer: str | None,
+    prompt: str,
+    truncated: bool = False,
+    deterministic: bool = False,
+    **kw: Any,
+) -> Result:
+    """Clean an answer and turn a degenerate one into a failure (never a description).
+
+    `deterministic`: the decoding would give the same answer again (greedy or seeded), so
+    the failure is final and a rerun does not retry it.
+    """
     text = clean(answer, truncated)
     reason = degenerate_reason(text, prompt)
     if reason:
-        return Result(False, error=f"degenerate: {reason}", raw=(answer or "")[:300], **kw)
+        return Result(False, error=f"degenerate: {reason}", raw=(answer or "")[:300],
+                      final=deterministic, **kw)
     return Result(True, text=text, **kw)
 
 

@@ -111,7 +111,7 @@ class LocalBackend(Backend):
             self._images = ImageEncoder()
         batch = self._images.encode([path])
         if not batch.ok[0]:
-            return Result(False, error=f"image unreadable: {batch.errors[0]}")
+            return Result(False, error=f"image unreadable: {batch.errors[0]}", final=True)
         labels = self._images.top_labels(batch.probs[0], self.cfg.top_labels,
                                          self.cfg.min_label_prob)
         text = "The picture appears to show " + ", ".join(
@@ -155,7 +155,7 @@ class LocalBackend(Backend):
             self.llm.reset()
         choice = out["choices"][0]
         return judge(choice["text"], prompt, truncated=choice.get("finish_reason") == "length",
-                     extra={"tokens": out["usage"]["completion_tokens"]})
+                     deterministic=True, extra={"tokens": out["usage"]["completion_tokens"]})
 
     # --- mm --------------------------------------------------------------------------
     @staticmethod

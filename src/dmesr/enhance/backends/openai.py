@@ -70,6 +70,7 @@ class OpenAIBackend(Backend):
         return self._client
 
     async def aclose(self) -> None:
+        self._sem = None  # belongs to the loop that is ending
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -184,7 +185,8 @@ class OpenAIBackend(Backend):
                 answer = _content_text(choice["message"].get("content"))
         except (KeyError, IndexError, TypeError, AttributeError):
             return Result(False, error=f"malformed response: {str(data)[:200]}", **kw)
-        return judge(answer, prompt, truncated=choice.get("finish_reason") == "length", **kw)
+        return judge(answer, prompt, truncated=choice.get("finish_reason") == "length",
+                     deterministic=self.cfg.temperature == 0, **kw)
 
 
 def _content_text(content: Any) -> str | None:

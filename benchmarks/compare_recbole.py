@@ -1,0 +1,187 @@
+"""dmesr vs RecBole 1.2.1: SASRec, BERT4Rec, GRU4Rec on the SAME prepared ML-100K split.
+
+Installs nothing. RecBole runs in its own venv (docs/recbole_comparison.md); when its
+python cannot import recbole, only the dmesr rows are produced and the table says so.
+
+The prepared dataset is written as RecBole atomic files whose timestamp is each
+interaction's position in the user's prepared sequence, so RecBole's leave-one-out
+(order TO, group_by user) holds out exactly our valid and test items. Both systems rank
+all items with the user's history excluded. Each (system, model, seed) runs in its own
+process (so peak RSS is per run) under the same per-run time budget; results are cached
+per run in benchmarks/results/compare_recbole_runs/ so the script can be resumed.
+
+    python benchmarks/compare_recbole.py --budget-minutes 10 --seeds 2026,2027,2028
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+MODELS = {"SASRec": "sasrec", "BERT4Rec": "bert4rec", "GRU4Rec": "gru4rec"}
+
+
+def write_atomic(prepared: Path, folder: Path, name: str) -> Path:
+    """RecBole .inter file from a prepared dataset, order-preserving timestamps."""
+    sys.path.insert(0, str(REPO / "src"))
+    from dmesr.data.dataset import PreparedDataset
+
+    ds = PreparedDataset(prepared)
+    inter = ds.interactions
+    users = inter["user"].to_numpy()
+    position = np.arange(len(users)) - np.searchsorted(users, users)  # rank within user
+    path = folder / name / f"{name}.inter"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{i}\t{p}" for u, i, p in zip(users, inter["item"].to_numpy(), position,
+                                                    strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def recbole_available(python: str) -> bool:
+    try:
+        res = subprocess.run([python, "-c", "import recbole.config, recbole.data"],
+                             capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def run_recbole(args: argparse.Namespace, model: str, seed: int, data: Path) -> dict:
+    cmd = [args.recbole_python, str(REPO / "benchmarks" / "recbole_worker.py"),
+           "--data-path", str(data), "--dataset", "dmesr_ml100k", "--model", model,
+           "--seed", str(seed), "--max-len", str(args.recbole_max_len),
+           "--batch-size", str(args.batch_size), "--budget-minutes", str(args.budget_minutes),
+           "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=data)
+    if res.returncode != 0:
+        raise RuntimeError(f"RecBole {model} seed {seed} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_dmesr(args: argparse.Namespace, model: str, seed: int) -> dict:
+    out = RESULTS / "compare_recbole_runs" / "dmesr" / model / f"seed{seed}"
+    cmd = [sys.executable, "-m", "dmesr.cli", "train", "--config",
+           str(REPO / "configs" / "experiments" / f"{MODELS[model]}_ml100k.yaml"),
+           "--out", str(out), "--overwrite", f"dataset.paths.prepared={args.prepared}",
+           f"train.seed={seed}", f"train.max_minutes={args.budget_minutes}",
+           f"train.threads={args.threads}", "train.progress=false", *args.dmesr_override]
+    res = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    if res.returncode != 0:
+        raise RuntimeError(f"dmesr {model} seed {seed} failed:\n{res.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    cfg = (out / "config.yaml").read_text()
+    return {
+        "system": "dmesr", "model": model, "seed": seed,
+        "test_full_NDCG@10": m["test.full.NDCG@10"], "test_full_HR@10": m["test.full.HR@10"],
+        "valid_full_NDCG@10": m["valid.full.NDCG@10"], "s_per_epoch": m["train.s_per_epoch"],
+        "epochs": m["train.epochs"], "best_epoch": m["train.best_epoch"],
+        "time_to_best_s": m["train.time_to_best_s"], "wall_s": m["train.wall_s"],
+        "peak_rss_mb": m["train.peak_rss_mb"], "stopped": m.get("stopped"), "config": cfg,
+    }
+
+
+def cached(path: Path, fn, *a) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    result = fn(*a)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+KEYS = ["test_full_NDCG@10", "test_full_HR@10", "valid_full_NDCG@10", "s_per_epoch", "epochs",
+        "best_epoch", "time_to_best_s", "peak_rss_mb"]
+
+
+def aggregate(runs: list[dict]) -> dict:
+    row = {"system": runs[0]["system"], "model": runs[0]["model"], "seeds": len(runs)}
+    for key in KEYS:
+        values = np.array([r[key] for r in runs], dtype=float)
+        row[key] = float(values.mean())
+        row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    row["stopped"] = sorted({str(r.get("stopped")) for r in runs})
+    return row
+
+
+def print_table(rows: list[dict], budget: float) -> None:
+    print(f"ML-100K leave-one-out, full ranking (history excluded); per-run budget "
+          f"{budget} min; mean ± std over seeds")
+    head = (f"{'system':8} {'model':9} {'seeds':>5} {'NDCG@10':>16} {'HR@10':>16} "
+            f"{'s/epoch':>8} {'epochs':>7} {'best ep':>7} {'t→best s':>9} {'RSS MB':>7}  stopped")
+    print(head)
+    for r in rows:
+        print(f"{r['system']:8} {r['model']:9} {r['seeds']:>5} "
+              f"{r['test_full_NDCG@10']:.4f} ± {r['test_full_NDCG@10_std']:.4f} "
+              f"{r['test_full_HR@10']:.4f} ± {r['test_full_HR@10_std']:.4f} "
+              f"{r['s_per_epoch']:8.2f} {r['epochs']:7.1f} {r['best_epoch']:7.1f} "
+              f"{r['time_to_best_s']:9.1f} {r['peak_rss_mb']:7.0f}  {', '.join(r['stopped'])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prepared", type=Path, default=REPO / "data" / "ml100k")
+    ap.add_argument("--models", default="SASRec,BERT4Rec,GRU4Rec")
+    ap.add_argument("--seeds", default="2026,2027,2028")
+    ap.add_argument("--systems", default="dmesr,recbole")
+    ap.add_argument("--budget-minutes", type=float, default=10.0,
+                    help="wall-clock training budget per run (both systems)")
+    ap.add_argument("--batch-size", type=int, default=2048, help="RecBole train batch size")
+    ap.add_argument("--recbole-max-len", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
+    ap.add_argument("--dmesr-override", nargs="*", default=[],
+                    help="dotted overrides for every dmesr run")
+    ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
+    args = ap.parse_args()
+    args.prepared = args.prepared.resolve()
+    systems = args.systems.split(",")
+    notes = []
+    if "recbole" in systems and not recbole_available(args.recbole_python):
+        systems.remove("recbole")
+        notes.append(f"RecBole not importable with {args.recbole_python}: recbole rows skipped")
+    work = RESULTS / "compare_recbole_runs"
+    data = write_atomic(args.prepared, work / "atomic", "dmesr_ml100k") if "recbole" in systems \
+        else None
+    rows, raw = [], []
+    for model in args.models.split(","):
+        for system in systems:
+            runs = []
+            for seed in (int(s) for s in args.seeds.split(",")):
+                tag = f"b{args.budget_minutes}"
+                path = work / f"{system}_{model}_seed{seed}_{tag}.json"
+                if system == "recbole":
+                    runs.append(cached(path, run_recbole, args, model, seed, data))
+                else:
+                    runs.append(cached(path, run_dmesr, args, model, seed))
+                print(f"  {system} {model} seed {seed}: NDCG@10 "
+                      f"{runs[-1]['test_full_NDCG@10']:.4f}", flush=True)
+            raw += runs
+            rows.append(aggregate(runs))
+    print_table(rows, args.budget_minutes)
+    for note in notes:
+        print(note)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "protocol": "ML-100K (5-core prepared split), leave-one-out, full ranking over all "
+                    "items with history excluded, test NDCG@10/HR@10 of the best-validation "
+                    "checkpoint", "budget_minutes_per_run": args.budget_minutes,
+        "recbole_batch_size": args.batch_size, "recbole_max_len": args.recbole_max_len,
+        "threads": args.threads, "notes": notes, "rows": rows,
+        "runs": [{k: v for k, v in r.items() if k != "config"} for r in raw],
+    }, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""One RecBole 1.2.1 run (model, seed) on atomic files written by compare_recbole.py.
+
+Runs inside the separate RecBole venv (docs/recbole_comparison.md); imports nothing from
+dmesr. Prints one JSON line with test NDCG@10/HR@10 (full ranking), seconds per epoch,
+epochs run, wall time to the best validation score and peak RSS.
+
+The RecBole venv pins numpy < 2 (RecBole 1.2.1 aliases `np.float_`, gone in numpy 2).
+Workarounds, none of which changes RecBole's computations:
+- torch >= 2.6 `torch.load` refuses RecBole's checkpoints (weights_only): the best
+  state is kept in memory instead of reloaded from disk;
+- RecBole has no time budget: a validation callback stops training when it is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, get_trainer, init_seed
+
+DEFAULTS = {  # RecBole's defaults for these models, stated so the table can cite them
+    "SASRec": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
+               "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+               "loss_type": "CE"},
+    "BERT4Rec": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
+                 "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "mask_ratio": 0.2,
+                 "loss_type": "CE"},
+    "GRU4Rec": {"embedding_size": 64, "hidden_size": 128, "num_layers": 1,
+                "dropout_prob": 0.3, "loss_type": "CE"},
+}
+
+
+class BudgetSpent(Exception):
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-path", required=True, help="folder holding DATASET/DATASET.inter")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--model", required=True, choices=sorted(DEFAULTS))
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--budget-minutes", type=float, default=30.0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    config = Config(model=args.model, dataset=args.dataset, config_dict={
+        "data_path": args.data_path, "seed": args.seed, "reproducibility": True,
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": args.max_len, "train_neg_sample_args": None,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                      "mode": "full"},
+        "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10",
+        "train_batch_size": args.batch_size, "eval_batch_size": 4096, "epochs": args.epochs,
+        "stopping_step": args.patience, "learning_rate": 0.001, "device": "cpu",
+        "use_gpu": False, "worker": 0, "show_progress": False, "log_wandb": False,
+        "checkpoint_dir": "/tmp/recbole_saved", **DEFAULTS[args.model],
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to("cpu")
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    epoch_times: list[float] = []
+    orig_epoch = trainer._train_epoch
+
+    def timed_epoch(*a, **kw):
+        t = time.perf_counter()
+        out = orig_epoch(*a, **kw)
+        epoch_times.append(time.perf_counter() - t)
+        return out
+
+    trainer._train_epoch = timed_epoch
+    best = {"score": -1.0, "state": None, "time": 0.0, "epoch": 0}
+    t_fit = time.perf_counter()
+
+    def callback(epoch_idx: int, valid_score: float) -> None:
+        if valid_score > best["score"]:
+            best.update(score=valid_score, state=copy.deepcopy(model.state_dict()),
+                        time=time.perf_counter() - t_fit, epoch=epoch_idx + 1)
+        if time.perf_counter() - t_fit > 60 * args.budget_minutes:
+            raise BudgetSpent
+
+    stopped = "early stopping or max epochs"
+    try:
+        trainer.fit(train_data, valid_data, saved=False, show_progress=False,
+                    callback_fn=callback)
+    except BudgetSpent:
+        stopped = f"time budget ({args.budget_minutes} min)"
+    model.load_state_dict(best["state"])
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    print(json.dumps({
+        "system": "recbole", "model": args.model, "seed": args.seed,
+        "test_full_NDCG@10": float(test["ndcg@10"]), "test_full_HR@10": float(test["hit@10"]),
+        "valid_full_NDCG@10": float(best["score"]), "s_per_epoch": float(np.mean(epoch_times)),
+        "epochs": len(epoch_times), "best_epoch": best["epoch"],
+        "time_to_best_s": best["time"], "wall_s": time.perf_counter() - t_start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "stopped": stopped, "batch_size": args.batch_size, "max_len": args.max_len,
+        "train_samples": len(train_data._dataset), "settings": DEFAULTS[args.model],
+    }))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Test helpers for Stage A: a tiny prepared dataset with images, and a recording server.
+
+`RecordingServer` is a stdlib HTTP server in a thread that speaks just enough of the
+OpenAI API (`/v1/chat/completions`, `/v1/completions`), records every request (path,
+headers, JSON body) and can be scripted to answer 429 / 500 / an empty answer, so
+retries, backoff, multi-URL spreading and the exact request JSON are tested without a
+network or a model. Loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dmesr.data.dataset import PreparedDataset
+
+
+def make_prepared(
+    root: str | Path,
+    n_items: int = 6,
+    with_image: list[bool] | None = None,
+    domain: str = "movie",
+    content_hash: str = "c0ffee" * 10 + "abcd",
+) -> PreparedDataset:
+    """A prepared-dataset folder with just what Stage A reads (manifest + items.parquet)."""
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with_image = with_image if with_image is not None else [i % 2 == 0 for i in range(n_items)]
+    genres = ["Comedy", "Drama", "Horror", "Action"]
+    rows = []
+    for i in range(1, n_items + 1):
+        path = None
+        if with_image[i - 1]:
+            path = root / "images" / f"{i}.jpg"
+            Image.new("RGB", (64 + i, 96), (40 * i % 255, 90, 160)).save(path)
+        rows.append({"item": i, "item_key": f"m{i}", "title": f"Film number {i}",
+                     "genres": genres[i % 4] if i != 2 else None,
+                     "image_path": str(path) if path else None,
+                     "image_status": "ok" if path else "none"})
+    pd.DataFrame(rows).to_parquet(root / "items.parquet", index=False)
+    manifest = {"name": root.name, "domain": domain, "content_hash": content_hash,
+                "text_fields": ["title", "genres"],
+                "stats": {"users": 3, "items": n_items, "interactions": 0}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return PreparedDataset(root)
+
+
+Responder = Callable[[str, dict[str, Any]], tuple[int, dict[str, str], Any]]
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    t: float
+
+
+@dataclass
+class RecordingServer:
+    """OpenAI-compatible fake. `script` answers first (one entry per request), then `respond`."""
+
+    respond: Responder | None = None
+    delay_s: float = 0.0
+    requests: list[Recorded] = field(default_factory=list)
+    script: list[tuple[int, dict[str, str], Any]] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> RecordingServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(n) or b"{}")
+                with owner._lock:
+                    owner.requests.append(
+                        Recorded(self.path, dict(self.headers), body, time.monotonic()))
+                    scripted = owner.script.pop(0) if owner.script else None
+                if owner.delay_s:
+                    time.sleep(owner.delay_s)
+                status, headers, payload = scripted or (owner.respond or default_answer)(
+                    self.path, body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in {"content-type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def default_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    """A plausible, distinct answer derived from the request."""
+    if path.endswith("/completions") and "prompt" in body:
+        seed = body["prompt"]
+    else:
+        content = body["messages"][-1]["content"]
+        seed = content if isinstance(content, str) else content[-1]["text"]
+    words = " ".join(seed.split()[-6:])
+    text = f"A well made item that people who like {words} will enjoy a lot."
+    if path.endswith("/chat/completions"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "finish_reason": "stop"}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+    return 200, {}, {"id": "x", "object": "text_completion", "choices": [choice]}
+
+
+def answer_with(text: str) -> Responder:
+    def respond(path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        status, headers, payload = default_answer(path, body)
+        choice = payload["choices"][0]
+        if "message" in choice:
+            choice["message"]["content"] = text
+        else:
+            choice["text"] = text
+        return status, headers, payload
+
+    return respond

