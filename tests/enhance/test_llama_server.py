@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -31,29 +32,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_llama_server(model: str, port: int, timeout_s: float = 90) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--model_alias", "gemma"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+def start_llama_server(
+    model: str, port: int, log: Path, timeout_s: float = 90
+) -> subprocess.Popen:
+    """Start the server and wait until it answers; its (verbose) log goes to a file, not a
+    pipe, because a full pipe would block the server."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2",
+             "--model_alias", "gemma"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"llama server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
+            with httpx.Client(trust_env=False, timeout=1) as client:
+                if client.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
+                    return proc
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("llama server did not become ready")
+    raise RuntimeError(f"llama server did not become ready: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    proc = start_llama_server(str(gemma.assemble()), port)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    proc = start_llama_server(str(gemma.assemble()), port, log)
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

@@ -62,18 +62,16 @@ def dedup_mask(user: np.ndarray, item: np.ndarray, ts: np.ndarray, mode: str) ->
     same_user = np.r_[False, user[1:] == user[:-1]]
     if mode == "consecutive":
         return ~(same_user & np.r_[False, item[1:] == item[:-1]])
-    if mode == "exact":
-        # duplicates of (user, item, ts) are adjacent only after sorting by item within ts
-        order = np.lexsort((np.arange(n), item, ts, user))
-        u, i, t = user[order], item[order], ts[order]
-        dup_sorted = np.r_[False, (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])]
-        keep = np.ones(n, dtype=bool)
-        keep[order[dup_sorted]] = False
-        return keep
-    if mode == "user_item":
-        order = np.lexsort((np.arange(n), item, user))
-        u, i = user[order], item[order]
-        dup_sorted = np.r_[False, (u[1:] == u[:-1]) & (i[1:] == i[:-1])]
+    if mode in ("exact", "user_item"):
+        # a stable sort by (user, item) keeps the (ts, source) order inside each pair, so a
+        # duplicate is a row equal to its predecessor; input sorted by user -> cheap timsort
+        pair = user.astype(np.int64) * (int(item.max()) + 1) + item
+        order = np.argsort(pair, kind="stable")
+        p = pair[order]
+        dup_sorted = np.r_[False, p[1:] == p[:-1]]
+        if mode == "exact":
+            t = ts[order]
+            dup_sorted &= np.r_[False, t[1:] == t[:-1]]
         keep = np.ones(n, dtype=bool)
         keep[order[dup_sorted]] = False
         return keep
@@ -113,13 +111,19 @@ def sample_negatives(
     out = np.zeros((n_users + 1, n_neg), dtype=np.int32)
     lengths = np.diff(indptr)[1:]
     user_of = np.repeat(np.arange(1, n_users + 1, dtype=np.int64), lengths)
-    keys = np.unique(user_of * (n_items + 1) + items[indptr[1] :].astype(np.int64))
+    keys = sorted_unique(user_of * (n_items + 1) + items[indptr[1] :].astype(np.int64))
     short = 0
     for start in range(1, n_users + 1, chunk_users):
         users = np.arange(start, min(start + chunk_users, n_users + 1))
         filled = _fill_chunk(users, lengths[users - 1], keys, n_items, n_neg, rng, out)
         short += filled
     return out, short
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique without its hash path (several times slower on 10M int64 here)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def _fill_chunk(users: np.ndarray, seen: np.ndarray, keys: np.ndarray, n_items: int,
@@ -252,7 +256,7 @@ def transform(raw: RawData, cfg: DatasetConfig, log: Log) -> Prepared:
 
 
 def _reindex(codes: np.ndarray, keys: np.ndarray, name: str) -> tuple[np.ndarray, pd.DataFrame]:
-    present = np.unique(codes)
+    present = np.flatnonzero(np.bincount(codes, minlength=len(keys)))
     ordered = present[_natural_order(keys[present])]
     new_id = np.zeros(len(keys), dtype=np.int64)
     new_id[ordered] = np.arange(1, len(ordered) + 1)
