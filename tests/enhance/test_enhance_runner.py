@@ -111,3 +111,18 @@ def test_format_coverage_lists_error_samples():
         "img": {"unsupported": "no images"}}}
     text = format_coverage(rep)
     assert "HTTP 500" in text and "k2" in text and "unsupported" in text
+
+
+def test_limit_bounds_requests_but_export_keeps_everything(fake_data, servers, tmp_path):
+    s = servers()
+    cfg = cfg_for([s.base_url], tmp_path)
+    run_enhance(fake_data.root, cfg, views=["txt"], progress=False, log=lambda m: None)
+    again = run_enhance(fake_data.root, cfg, views=["txt"], limit=2, progress=False,
+                              log=lambda m: None)
+    assert not again.did_work
+    desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
+    assert len(desc) == 6
+    fresh = cfg.model_copy(update={"cache_dir": str(tmp_path / "other")})
+    first = run_enhance(fake_data.root, fresh, views=["txt"], limit=2, progress=False,
+                        log=lambda m: None)
+    assert first.sent == {"txt": 2}

@@ -91,7 +91,8 @@ def test_api_key_from_env_only(servers, monkeypatch):
     assert "sk-secret" not in str(b.describe())
     monkeypatch.delenv("DMESR_TEST_KEY")
     with pytest.raises(ConfigError, match="DMESR_TEST_KEY"):
-        backend([s.base_url], api_key_env="DMESR_TEST_KEY")
+        run(backend([s.base_url], api_key_env="DMESR_TEST_KEY"), [req(2)])
+    assert len(s.requests) == 1
 
 
 def test_retries_429_honouring_retry_after_then_succeeds(servers):

@@ -22,7 +22,7 @@ def store_with_view(ds, root, dim=4):
 
 
 def test_roundtrip_is_id_aligned_with_padding_row(fake_data, tmp_path):
-    feats, mask = store_with_view(fake_data, tmp_path / "f")
+    feats, _ = store_with_view(fake_data, tmp_path / "f")
     store = FeatureStore(tmp_path / "f", fake_data)
     assert store.views == ["text_title"] and store.views_of("text") == ["text_title"]
     v = store.load("text_title", verify=True)

@@ -144,7 +144,10 @@ def render_fields(fields: dict[str, Any], max_chars: int = 1200) -> str:
 
 
 def image_sha(path: str | Path | None) -> str | None:
-    """Content hash of an image file: part of the prompt hash of the image views."""
+    """Content hash of an image file (part of the image views' prompt hash); None if unreadable."""
     if path is None:
         return None
-    return sha256_bytes(Path(path).read_bytes())[:16]
+    try:
+        return sha256_bytes(Path(path).read_bytes())[:16]
+    except OSError:
+        return None

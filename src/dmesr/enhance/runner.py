@@ -99,11 +99,12 @@ def _plan_items(
 ) -> None:
     view = plan.view
     for it in items:
-        if view in IMAGE_VIEWS and it.image_path is None:
-            plan.not_applicable += 1
-            continue
-        if view in IMAGE_VIEWS and it.item not in shas:
-            shas[it.item] = image_sha(it.image_path)
+        if view in IMAGE_VIEWS:
+            if it.item not in shas:
+                shas[it.item] = image_sha(it.image_path)
+            if shas[it.item] is None:  # no image, or the file vanished since `prepare`
+                plan.not_applicable += 1
+                continue
         deps = {d: plans[d].prompts[it.item].prompt_hash
                 for d in backend.depends_on(view) if it.item in plans[d].prompts}
         plan.prompts[it.item] = backend.make_prompt(
@@ -151,9 +152,10 @@ def run_enhance(
     templates = TemplateSet.load(cfg.templates)
     root = cfg.cache_root(data_dir)
     views = list(views or cfg.views)
-    items = item_infos(ds, limit)
+    items = item_infos(ds)  # plan and export everything; --limit only bounds what is sent
     plans = plan_views(ds, items, backend, templates, cfg)
     contents = {v: read_cache(cache_path(root, v)) for v in VIEWS}
+    allowed = {it.item for it in items[:limit]} if limit is not None else None
     summary = RunSummary()
 
     async def run_all() -> None:
@@ -161,7 +163,7 @@ def run_enhance(
             for view in VIEWS:  # fixed order: derived views after their inputs
                 if view in views:
                     await _run_view(view, plans, contents, ws[view], backend, items, cfg,
-                                    retry_failed, progress, log, summary)
+                                    retry_failed, progress, log, summary, allowed)
         finally:
             await backend.aclose()
 
@@ -189,12 +191,15 @@ async def _run_view(
     progress: bool,
     log: Log,
     summary: RunSummary,
+    allowed: set[int] | None = None,
 ) -> None:
     plan = plans[view]
     if plan.unsupported:
         log(f"enhance {view}: skipped, {plan.unsupported}")
         return
     requests, blocked = _requests(view, plans, contents, backend, items, cfg, retry_failed)
+    if allowed is not None:
+        requests = [r for r in requests if r.item in allowed]
     if blocked:
         log(f"enhance {view}: {blocked} item(s) wait for {'/'.join(backend.depends_on(view))}")
     if not plan.prompts and plan.not_applicable:

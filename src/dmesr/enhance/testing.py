@@ -9,10 +9,14 @@ network or a model. Loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -148,3 +152,62 @@ def answer_with(text: str) -> Responder:
         return status, headers, payload
 
     return respond
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def llama_server(
+    model: str | Path | None = None, log: str | Path | None = None, timeout_s: float = 120,
+    n_ctx: int = 1024, n_threads: int = 1,
+) -> Iterator[str]:
+    """Run `python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL.
+
+    `model` defaults to the packaged Gemma-3 270M GGUF. The server's verbose log goes to a
+    file (a full pipe would block the server).
+    """
+    import httpx
+
+    if model is None:
+        from dmesr.enhance.backends.local import packaged_gguf
+
+        model = packaged_gguf()
+    port = free_port()
+    log_path = Path(log) if log else Path(tempfile.mkstemp(suffix=".llama.log")[1])
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host",
+             "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads",
+             str(n_threads), "--n_threads_batch", str(n_threads), "--model_alias", "gemma"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}", log_path, timeout_s, httpx)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float, httpx: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(trust_env=False, timeout=1) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama server exited: {log.read_text()[-2000:]}")
+            try:
+                if client.get(f"{url}/v1/models").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"llama server not ready after {timeout_s}s: {log.read_text()[-2000:]}")

@@ -80,7 +80,7 @@ def mllm_jobs(ds: PreparedDataset, cache_root: Path, log: Log) -> list[Job]:
             texts[int(item) - 1] = str(text)
         prompt = {"backend": meta["backend"], "template": tmpl,
                   "prompt_hashes_hash": stable_hash(sorted(zip(rows["item"].tolist(),
-                                                               rows["prompt_hash"].tolist())))}
+                                                               rows["prompt_hash"].tolist(), strict=True)))}
         jobs.append(Job(f"mllm_{view}", "mllm", texts, {"view": view, "prompt": prompt,
                                                         "descriptions": str(path)}))
     return jobs

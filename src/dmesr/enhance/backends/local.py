@@ -130,7 +130,8 @@ class LocalBackend(Backend):
                 ) from exc
             path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
             self._llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx,
-                              n_threads=self.cfg.n_threads, n_batch=self.cfg.n_batch,
+                              n_threads=self.cfg.n_threads, n_threads_batch=self.cfg.n_threads,
+                              n_batch=self.cfg.n_batch,
                               seed=self.cfg.seed, verbose=False)
         return self._llm
 
