@@ -32,11 +32,11 @@ import httpx
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dmesr.data.dataset import PreparedDataset  # noqa: E402
-from dmesr.enhance.config import EnhanceConfig  # noqa: E402
-from dmesr.enhance.prompts import TemplateSet  # noqa: E402
-from dmesr.enhance.runner import item_infos, run_enhance  # noqa: E402
-from dmesr.enhance.testing import llama_server, make_prepared  # noqa: E402
+from dmesr.data.dataset import PreparedDataset
+from dmesr.enhance.config import EnhanceConfig
+from dmesr.enhance.prompts import TemplateSet
+from dmesr.enhance.runner import item_infos, run_enhance
+from dmesr.enhance.testing import llama_server, make_prepared
 
 RESULTS = Path(__file__).resolve().parent / "results" / "enhance_throughput.json"
 
@@ -71,12 +71,27 @@ def client_run(url: str, ds: PreparedDataset, n: int, concurrency: int, max_toke
     return time.perf_counter() - t0, summary.sent.get("txt", 0)
 
 
+def client_cost(ds: PreparedDataset, n: int, tmp: Path) -> dict[str, float]:
+    """Milliseconds per item the client itself spends, against an instant fake server.
+
+    An upper bound on the client's overhead (it includes the fake server's own work) that,
+    unlike a wall-time difference, is not drowned by the real server's run-to-run noise.
+    """
+    from dmesr.enhance.testing import RecordingServer
+
+    fake = RecordingServer().start()
+    try:
+        out = {}
+        for c in (1, 16):
+            wall, sent = client_run(fake.base_url, ds, n, c, 16, tmp / f"fake{c}")
+            out[f"ms_per_item_c{c}"] = round(wall / max(sent, 1) * 1000, 2)
+        return out
+    finally:
+        fake.stop()
+
+
 def embed_rate(ds: PreparedDataset, threads: int = 2) -> dict[str, float]:
-    import torch
-
     from dmesr.features.text import TextEncoder
-
-    torch.set_num_threads(threads)
     items = ds.items
     texts = [str(v) for f in ds.text_fields for v in items[f] if v is not None and str(v).strip()]
     enc = TextEncoder(threads=threads)
@@ -88,7 +103,8 @@ def embed_rate(ds: PreparedDataset, threads: int = 2) -> dict[str, float]:
     enc.encode(texts, dedup=True)
     dedup = len(texts) / (time.perf_counter() - t0)
     return {"texts": len(texts), "texts_per_s": round(raw, 1),
-            "texts_per_s_with_dedup": round(dedup, 1), "threads": threads}
+            "texts_per_s_with_dedup": round(dedup, 1), "threads": threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def main() -> None:
@@ -115,12 +131,18 @@ def main() -> None:
                              "items_per_s": round(sent / wall, 3)})
                 print(f"client c={c:>2}: {sent} items in {wall:.2f}s = {sent / wall:.2f} items/s")
             bare.append(bare_loop(url, prompts, args.max_tokens))  # the server may drift
+        cost = client_cost(ds, len(prompts), tmp)
         bare_s = statistics.mean(bare)
         c1 = next(r for r in rows if r["concurrency"] == min(levels))
         overhead = max(0.0, (c1["wall_s"] - bare_s) / c1["wall_s"] * 100)
         print(f"bare loop: {len(prompts)} items in {bare_s:.2f}s = {len(prompts) / bare_s:.2f} "
               f"items/s (runs: {', '.join(f'{b:.2f}' for b in bare)})")
         print(f"client overhead at concurrency {c1['concurrency']}: {overhead:.2f} % of wall time")
+        server_ms = bare_s / len(prompts) * 1000
+        cost_pct = cost["ms_per_item_c1"] / (cost["ms_per_item_c1"] + server_ms) * 100
+        print(f"client cost against an instant fake server: {cost['ms_per_item_c1']:.1f} ms/item "
+              f"(c=1), {cost['ms_per_item_c16']:.1f} ms/item (c=16) = {cost_pct:.2f} % of "
+              f"{server_ms:.0f} ms per real request")
         emb = embed_rate(ds)
         print(f"embedding: {emb['texts_per_s']:.0f} texts/s raw, "
               f"{emb['texts_per_s_with_dedup']:.0f} texts/s with de-duplication "
@@ -133,6 +155,9 @@ def main() -> None:
         "server_items_per_s": round(len(prompts) / bare_s, 3),
         "bare_loop_runs_s": [round(b, 3) for b in bare],
         "client_overhead_pct": round(overhead, 2),
+        "client_overhead_definition": "(client wall at concurrency 1 - bare loop wall) / "
+                                      "client wall; bare loop = mean of a run before and after",
+        "client_cost": {**cost, "pct_of_real_request": round(cost_pct, 2)},
         "rows": rows,
         "embed_texts_per_s": emb["texts_per_s"],
         "embed": emb,

@@ -126,3 +126,12 @@ def test_limit_bounds_requests_but_export_keeps_everything(fake_data, servers, t
     first = run_enhance(fake_data.root, fresh, views=["txt"], limit=2, progress=False,
                         log=lambda m: None)
     assert first.sent == {"txt": 2}
+
+
+def test_an_image_file_gone_since_prepare_is_masked_not_fatal(fake_data, servers, tmp_path):
+    (fake_data.root / "images" / "3.jpg").unlink()
+    s = servers()
+    cfg = cfg_for([s.base_url], tmp_path)
+    summary = run_enhance(fake_data.root, cfg, progress=False, log=lambda m: None)
+    assert summary.sent == {"img": 2, "txt": 6, "mm": 2}
+    assert coverage(fake_data.root, cfg)["views"]["img"]["not_applicable"] == 4

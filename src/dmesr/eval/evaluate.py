@@ -80,7 +80,7 @@ def _excluded(split: EvalSplit, lo: int, hi: int, n_cols: int, history: bool) ->
 
 @torch.no_grad()
 def full_ranks(
-    model: nn.Module, split: EvalSplit, exclude_history: bool = True, chunk_users: int = 2048,
+    model: nn.Module, split: EvalSplit, exclude_history: bool = True, chunk_users: int = 256,
     n_items: int | None = None,
 ) -> np.ndarray:
     """Pessimistic rank of each user's target among all items: int64 [U]."""
@@ -97,7 +97,7 @@ def full_ranks(
 
 
 @torch.no_grad()
-def sampled_ranks(model: nn.Module, split: EvalSplit, chunk_users: int = 2048) -> np.ndarray:
+def sampled_ranks(model: nn.Module, split: EvalSplit, chunk_users: int = 256) -> np.ndarray:
     """Rank of each target among itself + its saved negatives: int64 [U]."""
     if split.negatives is None:
         raise FileNotFoundError(f"no saved negatives for split '{split.name}'")

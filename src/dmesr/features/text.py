@@ -63,12 +63,12 @@ class TextEncoder:
     @cached_property
     def model(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
+        from dmesr.features.threads import torch_with_threads
+
+        torch_with_threads(self.threads)
         import transformers
         from sentence_transformers import SentenceTransformer
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         transformers.logging.disable_progress_bar()  # ours shows the work that matters
         model = SentenceTransformer(str(self.model_dir), device="cpu")
         model.max_seq_length = self.max_seq_length

@@ -88,7 +88,7 @@ class EvalConfig(_Strict):
     select_metric: str = Field("NDCG@10", description="validation metric (full ranking)")
     exclude_history: bool = True
     sampled: bool = True
-    chunk_users: int = Field(2048, ge=1, description="users scored per full-ranking chunk")
+    chunk_users: int = Field(256, ge=1, description="users per evaluation chunk (bounds memory)")
     head_item_frac: float = Field(0.2, gt=0, lt=1, description="top share of items = head")
     head_user_frac: float = Field(0.2, gt=0, lt=1, description="longest share of users = head")
 

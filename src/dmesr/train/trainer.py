@@ -26,7 +26,7 @@ from dmesr.errors import ConfigError
 from dmesr.eval.evaluate import EvalSplit, dataset_groups, evaluate, load_eval_split, save_per_user
 from dmesr.io import provenance, read_json, write_json
 from dmesr.models import build_model
-from dmesr.train.checkpoint import load_checkpoint, read_state, save_checkpoint
+from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
 
 # settings that may change between a killed run and its resumption
