@@ -142,17 +142,21 @@ def main() -> None:
     ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
     ap.add_argument("--dmesr-override", nargs="*", default=[],
                     help="dotted overrides for every dmesr run")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only tabulate runs already cached (run nothing)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
     systems = args.systems.split(",")
     notes = []
-    if "recbole" in systems and not recbole_available(args.recbole_python):
+    if "recbole" in systems and not args.cached_only and not recbole_available(
+            args.recbole_python):
         systems.remove("recbole")
         notes.append(f"RecBole not importable with {args.recbole_python}: recbole rows skipped")
     work = RESULTS / "compare_recbole_runs"
-    data = write_atomic(args.prepared, work / "atomic", "dmesr_ml100k") if "recbole" in systems \
-        else None
+    data = None
+    if "recbole" in systems and not args.cached_only:
+        data = write_atomic(args.prepared, work / "atomic", "dmesr_ml100k")
     rows, raw = [], []
     for model in args.models.split(","):
         for system in systems:
@@ -160,14 +164,17 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 tag = f"b{args.budget_minutes}"
                 path = work / f"{system}_{model}_seed{seed}_{tag}.json"
+                if args.cached_only and not path.exists():
+                    continue
                 if system == "recbole":
                     runs.append(cached(path, run_recbole, args, model, seed, data))
                 else:
                     runs.append(cached(path, run_dmesr, args, model, seed))
                 print(f"  {system} {model} seed {seed}: NDCG@10 "
                       f"{runs[-1]['test_full_NDCG@10']:.4f}", flush=True)
-            raw += runs
-            rows.append(aggregate(runs))
+            if runs:
+                raw += runs
+                rows.append(aggregate(runs))
     print_table(rows, args.budget_minutes)
     for note in notes:
         print(note)

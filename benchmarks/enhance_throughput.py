@@ -150,7 +150,8 @@ def main() -> None:
     result = {
         "benchmark": "enhance_throughput",
         "dataset": str(ds.root) if args.data and Path(args.data).exists() else "synthetic",
-        "server": "llama_cpp.server, gemma-3-270m-q4_k_m.gguf, n_threads 2, completion mode",
+        "server": "llama_cpp.server, gemma-3-270m-q4_k_m.gguf, n_threads 1 (see LocalConfig.n_threads), "
+                  "completion mode, one request at a time",
         "requests": len(prompts), "max_tokens": args.max_tokens,
         "server_items_per_s": round(len(prompts) / bare_s, 3),
         "bare_loop_runs_s": [round(b, 3) for b in bare],

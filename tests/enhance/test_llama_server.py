@@ -53,5 +53,6 @@ def test_chat_mode_with_a_base_model_is_a_recorded_failure(llama_server_url, fak
     root = c.cache_root(fake_data.root)
     recs = list(read_cache(root / "txt.jsonl").records.values())
     assert all(r["status"] == "failed" and r["text"] is None for r in recs)
-    assert all(r["error"].startswith("degenerate") for r in recs)
+    # the base model opens its chat turn with a newline, where `stop` ends it: empty
+    assert {r["error"] for r in recs} == {"degenerate: empty answer"}
     assert pd.read_parquet(root / DESCRIPTIONS).empty

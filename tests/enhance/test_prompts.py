@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from dmesr.enhance.prompts import VIEWS, TemplateSet, render_fields
@@ -16,10 +17,12 @@ def test_packaged_templates_have_every_view_and_mode():
 def test_render_fills_domain_and_fields_and_skips_blanks():
     t = TemplateSet.load("default")
     p = t.render("txt", "chat", "movie", {"title": "Heat (1995)", "genres": None,
-                                          "year": float("nan"), "brand": "  "})
+                                          "year": float("nan"), "brand": "  ",
+                                          "tagline": pd.NA, "date": pd.NaT})
     assert "catalogue entry of a movie" in p.text
     assert "Title: Heat (1995)" in p.text
-    assert "Genres" not in p.text and "Year" not in p.text and "Brand" not in p.text
+    for absent in ("Genres", "Year", "Brand", "Tagline", "Date", "<NA>", "NaT"):
+        assert absent not in p.text
     assert p.system and p.template == "dmesr-default@1" and len(p.prompt_hash) == 16
     assert t.render("txt", "completion", "movie", {"title": "Heat"}).system is None
 

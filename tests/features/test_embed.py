@@ -81,3 +81,13 @@ def test_cli_embed_second_run_does_nothing(fake_data):
     assert "text_title" in r.output
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and "nothing to do" in r.output
+
+
+def test_missing_values_of_a_string_column_are_masked(fake_data):
+    items = pd.read_parquet(fake_data.root / "items.parquet")
+    items["genres"] = items["genres"].astype("string")  # None becomes pd.NA, as in `prepare`
+    items.to_parquet(fake_data.root / "items.parquet", index=False)
+    cfg = StageAConfig.model_validate({"embed": {"image_encoder": False, "mllm_views": False}})
+    run_embed(fake_data.root, cfg, only=["text_genres"], progress=False, log=lambda m: None)
+    v = FeatureStore.for_dataset(fake_data.root).load("text_genres")
+    assert v.mask.tolist() == [False, True, False, True, True, True, True]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import yaml
 
 from dmesr.errors import ConfigError
@@ -119,7 +120,8 @@ def _check_placeholders(text: str, where: str) -> None:
 
 
 def is_blank(value: Any) -> bool:
-    if value is None:
+    """None, NaN, pandas NA/NaT or whitespace: a field the item does not have."""
+    if value is None or value is pd.NA or value is pd.NaT:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True

@@ -59,6 +59,12 @@ def make_prepared(
     return PreparedDataset(root)
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) drops bursts of connects, which then wait a 1 s SYN
+    # retransmit: that would be measured as client latency
+    request_queue_size = 128
+
+
 Responder = Callable[[str, dict[str, Any]], tuple[int, dict[str, str], Any]]
 
 
@@ -112,7 +118,7 @@ class RecordingServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
