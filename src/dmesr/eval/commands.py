@@ -21,7 +21,8 @@ def evaluate_run(run: Path) -> dict:
     cfg = load_config(RunConfig, [run / "config.yaml"])
     ds = open_dataset(cfg.dataset)
     ds.check_hash(read_json(run / "run.json")["dataset"]["content_hash"], f"run {run}")
-    model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity())
+    model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity(),
+                        dataset=ds)
     load_checkpoint(run / "checkpoints" / "best.safetensors", model)
     old = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     metrics = {**old, **evaluate_run_model(model, ds, cfg, run)}

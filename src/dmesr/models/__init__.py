@@ -13,28 +13,38 @@ from dmesr.models.item_encoders import IdEncoder, ItemEncoder
 from dmesr.models.sequential import SequentialRecommender
 
 if TYPE_CHECKING:
+    from dmesr.data.dataset import PreparedDataset
     from dmesr.train.config import ModelConfig
 
 __all__ = ["BERT4Rec", "GRU4Rec", "IdEncoder", "Pop", "SASRec", "SequentialRecommender",
            "build_encoder", "build_model"]
 
 
-def build_encoder(cfg: ModelConfig, n_items: int) -> ItemEncoder:
+def build_encoder(cfg: ModelConfig, n_items: int,
+                  dataset: PreparedDataset | None = None) -> ItemEncoder:
     if cfg.encoder.type == "id":
         return IdEncoder(n_items, cfg.hidden)
+    if cfg.encoder.type == "dmesr":
+        if dataset is None:
+            raise ValueError("the dmesr encoder needs the prepared dataset (feature store)")
+        from dmesr.config import resolve_path
+        from dmesr.models.dmesr import build_dmesr_encoder
+
+        store = resolve_path(cfg.encoder.features) if cfg.encoder.features else None
+        return build_dmesr_encoder(cfg.encoder.dmesr, cfg.hidden, dataset, store)
     raise ValueError(f"unknown encoder type '{cfg.encoder.type}'")
 
 
 def build_model(
     cfg: ModelConfig, n_items: int, popularity: np.ndarray | None = None,
-    encoder: ItemEncoder | None = None,
+    encoder: ItemEncoder | None = None, dataset: PreparedDataset | None = None,
 ) -> nn.Module:
     """The model named by `cfg.backbone`; `encoder` overrides the configured item encoder."""
     if cfg.backbone == "pop":
         if popularity is None:
             raise ValueError("the pop baseline needs training popularity")
         return Pop(n_items).fit(popularity)
-    enc = encoder if encoder is not None else build_encoder(cfg, n_items)
+    enc = encoder if encoder is not None else build_encoder(cfg, n_items, dataset)
     common = {"loss": cfg.loss, "n_neg": cfg.n_neg}
     if cfg.backbone == "gru4rec":
         return GRU4Rec(enc, cfg.gru_hidden, cfg.layers, cfg.dropout, **common)

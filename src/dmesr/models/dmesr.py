@@ -14,14 +14,20 @@ the parameters change: once per training step (`new_step`) and once per evaluati
 from __future__ import annotations
 
 import math
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from dmesr.errors import DmesrError
 from dmesr.models.item_encoders import ItemEncoder
+
+if TYPE_CHECKING:
+    from dmesr.data.dataset import PreparedDataset
 
 OutView = Literal["text", "mllm", "id"]
 
@@ -304,3 +310,38 @@ class SequenceFusion(nn.Module):
         b2, _ = self.b_to_a(b, a, a, attn_mask=mask, need_weights=False)
         keep = (~pad)[..., None].to(a.dtype)
         return self.norm_a(a + a2) * keep, self.norm_b(b + b2) * keep
+
+
+def build_dmesr_encoder(cfg: DMESRConfig, dim: int, dataset: PreparedDataset,
+                        store_dir: str | Path | None = None) -> DMESREncoder:
+    """A DMESR encoder over the dataset's feature store (`dmesr embed` output).
+
+    MLLM views come from `mllm_<view>` (or `img_enc`), text fields from `text_<field>`.
+    A requested view the store lacks (e.g. `img` on a text-only dataset) is left out;
+    every view is checked against the dataset's content hash and item order.
+    """
+    from dmesr.features.store import FeatureStore
+
+    store = FeatureStore(store_dir or dataset.root / "features", dataset)
+    available = set(store.views)
+
+    def load(names: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        out = {}
+        for name in names:
+            if name in available:
+                view = store.load(name)
+                out[name] = (torch.from_numpy(np.asarray(view.features, dtype=np.float32)),
+                             torch.from_numpy(view.mask))
+        return out
+
+    mllm = load([v if v == "img_enc" else f"mllm_{v}" for v in cfg.mllm_views])
+    fields = cfg.text_fields if cfg.text_fields is not None else dataset.text_fields
+    text = load([f"text_{f}" for f in fields])
+    need = {"mllm": mllm, "text": text}
+    for view in cfg.out_views:
+        if view in need and not need[view]:
+            raise DmesrError(
+                f"out view '{view}' needs feature views that {store.root} does not have "
+                f"(has: {', '.join(sorted(available)) or 'none'}); run `dmesr embed`"
+            )
+    return DMESREncoder(dataset.n_items, dim, mllm, text, cfg)

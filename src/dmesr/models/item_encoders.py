@@ -61,6 +61,13 @@ class ItemEncoder(nn.Module):
         """Extra loss the encoder wants added (e.g. contrastive alignment); None if none."""
         return None
 
+    def new_step(self) -> None:
+        """Called at the start of each training step (encoders that cache item tables reset)."""
+
+    def sequence_mix(self, emb: Tensor, pad: Tensor, causal: bool) -> Tensor:
+        """Optional fusion of the views along the sequence, emb [B, L, V, d] (default: none)."""
+        return emb
+
 
 class IdEncoder(ItemEncoder):
     """One trainable ID view: `nn.Embedding(n_items + 1, dim, padding_idx=0)`."""
@@ -166,3 +173,7 @@ class MultiViewEncoder(ItemEncoder):
     def aux_loss(self) -> Tensor | None:
         losses = [x for e in self.encoders if (x := e.aux_loss()) is not None]
         return torch.stack(losses).sum() if losses else None
+
+    def new_step(self) -> None:
+        for e in self.encoders:
+            e.new_step()

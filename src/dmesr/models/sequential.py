@@ -69,6 +69,7 @@ class SequentialRecommender(nn.Module):
     def states(self, seq: Tensor) -> Tensor:
         """seq [B, L] -> per-position user states [B, L, V * d]."""
         emb = self.encoder(seq)  # [B, L, V, d]
+        emb = self.encoder.sequence_mix(emb, seq == 0, self.backbone.causal)
         b, length, v, d = emb.shape
         if v == 1:
             return self.backbone(emb.squeeze(2), seq == 0)
@@ -100,6 +101,7 @@ class SequentialRecommender(nn.Module):
         return {"seq": seq, "target": target.masked_fill(seq == 0, 0)}
 
     def calculate_loss(self, batch: Batch) -> Tensor:
+        self.encoder.new_step()
         h = self.states(batch["seq"])
         target = batch["target"]
         keep = target > 0

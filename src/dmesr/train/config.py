@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dmesr.config import resolve_path
 from dmesr.errors import ConfigError
+from dmesr.models.dmesr import DMESRConfig
 
 
 class _Strict(BaseModel):
@@ -36,7 +37,13 @@ class DatasetRef(_Strict):
 
 
 class EncoderConfig(_Strict):
-    type: Literal["id"] = "id"
+    """Where item embeddings come from: an ID table, or DMESR over the feature store."""
+
+    type: Literal["id", "dmesr"] = "id"
+    features: str | None = Field(
+        None, description="feature store dir (`dmesr embed` output); None: <prepared>/features"
+    )
+    dmesr: DMESRConfig = Field(default_factory=DMESRConfig)
 
 
 class ModelConfig(_Strict):

@@ -87,7 +87,8 @@ class Trainer:
         torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(
-            cfg.model, dataset.n_items, popularity=dataset.train_item_popularity()
+            cfg.model, dataset.n_items, popularity=dataset.train_item_popularity(),
+            dataset=dataset,
         )
         self.optimizer = (
             torch.optim.AdamW(

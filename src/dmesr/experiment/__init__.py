@@ -1,0 +1,1 @@
+"""Experiment grids: backbone × variant × seed cells, run in parallel, resumable."""

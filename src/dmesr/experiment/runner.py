@@ -1,0 +1,119 @@
+"""Run grid cells as parallel `dmesr train` subprocesses.
+
+Subprocesses rather than in-process workers: a crash, an out-of-memory kill or a stuck
+native library takes down one cell only, each cell gets its own torch thread count, and
+the trainer's own resume logic makes a killed grid restartable cell by cell.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmesr.experiment.cells import Cell
+from dmesr.io import read_json
+
+LOG_NAME = "experiment.log"
+
+
+@dataclass
+class CellResult:
+    key: str
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    returncode: int | None = None
+    log: str | None = None
+    error: str | None = None
+    metrics: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "metrics" and v is not None}
+        if self.metrics:
+            out["test.full.NDCG@10"] = self.metrics.get("test.full.NDCG@10")
+        return out
+
+
+def _env(threads: int) -> dict[str, str]:
+    # numpy/BLAS threads follow torch's so that W workers use about the machine's cores
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    return env
+
+
+def record_failure(cell: Cell, message: str) -> CellResult:
+    """A cell that could not start (bad configuration): its error in its log file."""
+    log = cell.out / LOG_NAME
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} not started\n{message}\n")
+    return CellResult(cell.key, "failed", log=str(log), error=message.splitlines()[0])
+
+
+def run_cell(cell: Cell, threads: int) -> CellResult:
+    """Train one cell; stdout/stderr appended to OUT/experiment.log (kept across resumes)."""
+    cell.out.mkdir(parents=True, exist_ok=True)
+    log = cell.out / LOG_NAME
+    argv = cell.argv(threads)
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
+        f.flush()
+        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(threads),
+                              check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode == 0 and cell.is_done():
+        return CellResult(cell.key, "done", seconds, 0, str(log),
+                          metrics=read_json(cell.out / "metrics.json"))
+    return CellResult(cell.key, "failed", seconds, proc.returncode, str(log),
+                      error=_last_line(log))
+
+
+def _last_line(log: Path) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def run_cells(cells: list[Cell], workers: int, threads: int, progress: bool = True,
+              echo: Callable[[str], None] = print) -> list[CellResult]:
+    """Run cells, `workers` at a time; one failure never stops the others."""
+    if not cells:
+        return []
+    bar = _bar(len(cells), progress)
+    write = bar.write if bar is not None else echo
+    results: list[CellResult] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_cell, c, threads): c for c in cells}
+        for fut in as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            write(_line(res))
+            if bar is not None:
+                bar.set_postfix(failed=sum(r.status == "failed" for r in results))
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    order = {c.key: i for i, c in enumerate(cells)}
+    return sorted(results, key=lambda r: order[r.key])
+
+
+def _line(res: CellResult) -> str:
+    if res.status == "done":
+        ndcg = (res.metrics or {}).get("test.full.NDCG@10", float("nan"))
+        return f"done   {res.key}  test NDCG@10={ndcg:.4f}  ({res.seconds:.0f} s)"
+    return f"FAILED {res.key}  exit {res.returncode}: {res.error}  (log: {res.log})"
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="cells", unit="cell", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""Results of an experiment grid: results.csv, results.md (tables, p-values) and plots."""

@@ -1,0 +1,170 @@
+"""results.md: command, protocol, per-backbone tables (mean ± std, best in bold, p-values)
+and the long-tail group tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from dmesr.report.collect import Experiment, mean_std
+from dmesr.report.significance import METHOD, Test
+
+GROUPS = [("tail_user", "tail users"), ("head_user", "head users"),
+          ("tail_item", "tail items"), ("head_item", "head items")]
+
+
+def metric_columns(protocols: list[str]) -> list[tuple[str, str]]:
+    """(CSV column, header) of the quality metrics shown; all higher-is-better."""
+    cols = [("valid_full_NDCG@10", "valid NDCG@10")]
+    if "full" in protocols:
+        cols += [(f"test_full_{m}", f"NDCG@10 full" if m == "NDCG@10" else f"{m} full")
+                 for m in ("NDCG@10", "HR@10", "NDCG@20", "HR@20", "MRR@10")]
+    if "sampled" in protocols:
+        cols += [(f"test_sampled_{m}", f"{m} sampled") for m in ("NDCG@10", "HR@10")]
+    return cols
+
+
+def fmt(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "–"
+    return f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def fmt_p(test: Test | None) -> str:
+    if test is None:
+        return "–"
+    arrow = "↑" if test.diff > 0 else "↓" if test.diff < 0 else "="
+    p = f"{test.p:.1e}" if test.p < 1e-3 else f"{test.p:.3f}"
+    return f"{p} {arrow}" + (" *" if test.p < 0.05 else "")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _stat_grid(df: pd.DataFrame, variants: list[str], cols: list[str]) -> dict:
+    return {(v, c): mean_std(df.loc[df.variant == v, c]) if c in df else (math.nan, 0.0, 0)
+            for v in variants for c in cols}
+
+
+def _bolded(stats: dict, variants: list[str], cols: list[str]) -> dict[tuple[str, str], str]:
+    """Formatted cells with the best mean of each column in bold (ties all bold)."""
+    out = {}
+    for c in cols:
+        means = [stats[(v, c)][0] for v in variants if not math.isnan(stats[(v, c)][0])]
+        best = max(means) if means else math.nan
+        for v in variants:
+            text = fmt(*stats[(v, c)])
+            out[(v, c)] = f"**{text}**" if stats[(v, c)][0] == best and len(means) > 1 else text
+    return out
+
+
+def backbone_table(exp: Experiment, df: pd.DataFrame, backbone: str,
+                   tests: dict[tuple[str, str, str], Test]) -> list[str]:
+    sub = df[df.backbone == backbone]
+    variants = [v for v in exp.variants() if v in set(sub.variant)]
+    mcols = metric_columns(exp.protocols())
+    cols = [c for c, _ in mcols]
+    cells = _bolded(_stat_grid(sub, variants, cols), variants, cols)
+    baselines = [b for b in exp.compare_to() if b in variants]
+    header = (["variant", "seeds"] + [h for _, h in mcols] + [f"p vs {b}" for b in baselines]
+              + ["s/epoch", "time to best (s)", "best epoch"])
+    abl = exp.ablations()
+    rows = []
+    for v in variants:
+        vs = sub[sub.variant == v]
+        rows.append(
+            [f"{v} (ablation)" if v in abl else v, str(len(vs))]
+            + [cells[(v, c)] for c in cols]
+            + [fmt_p(tests.get((backbone, v, b))) for b in baselines]
+            + [_plain(vs, "s_per_epoch", 2), _plain(vs, "time_to_best_s", 1),
+               _plain(vs, "best_epoch", 1)])
+    return _table(header, rows)
+
+
+def _plain(df: pd.DataFrame, col: str, digits: int) -> str:
+    if col not in df:
+        return "–"
+    mean, std, n = mean_std(df[col])
+    if n == 0:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def group_table(exp: Experiment, df: pd.DataFrame, backbone: str) -> list[str]:
+    sub = df[df.backbone == backbone]
+    variants = [v for v in exp.variants() if v in set(sub.variant)]
+    cols = [f"test_full_{g}_NDCG@10" for g, _ in GROUPS]
+    cells = _bolded(_stat_grid(sub, variants, cols), variants, cols)
+    header = ["variant"]
+    for g, label in GROUPS:
+        n = sub.get(f"test_full_{g}_n_users")
+        header.append(f"{label} (n={int(n.iloc[0])})" if n is not None and len(n) else label)
+    return _table(header, [[v] + [cells[(v, c)] for c in cols] for v in variants])
+
+
+def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
+    first = exp.runs[0].metrics
+    seeds = ", ".join(str(s) for s in exp.seeds())
+    lines = [
+        f"- Evaluation: {first.get('protocol', 'leave-one-out (protocol text missing)')}.",
+        "- Model selection and early stopping on validation NDCG@10 (full ranking); test "
+        "metrics are those of the best-validation checkpoint.",
+        f"- Seeds: {seeds}; each cell is mean ± sample std (ddof = 1) over its seeds "
+        "(`seeds` column); one seed shows the value alone.",
+        "- **Bold**: best mean in the column within the table (all these metrics are "
+        "higher-is-better).",
+        f"- Significance: {METHOD}; baseline = the same backbone's "
+        + " / ".join(f"`{b}`" for b in exp.compare_to())
+        + " variant; ↑/↓ = variant better/worse on average; * p < 0.05 (not corrected for "
+        "multiple comparisons).",
+    ]
+    if "groups_head_user_min_train_len" in df:
+        g = df.iloc[0]
+        lines.append(
+            f"- Long-tail groups: head users = the {g.get('groups_head_user_frac', 0.2):.0%} "
+            f"with the longest training sequences (≥ {g['groups_head_user_min_train_len']:g} "
+            f"items), the rest tail; head items = the top "
+            f"{g.get('groups_head_item_frac', 0.2):.0%} by training popularity "
+            f"(≥ {g['groups_head_item_min_train_count']:g} interactions), grouped by the "
+            "test target item.")
+    return lines
+
+
+def results_markdown(exp: Experiment, df: pd.DataFrame, tests: dict[tuple[str, str, str], Test],
+                     report_command: str, plots: list[str]) -> str:
+    meta = exp.meta
+    command = meta.get("command")
+    lines = [f"# Results: {exp.dataset()}" + (f" ({exp.grid['name']})" if "name" in exp.grid
+                                                else ""), ""]
+    lines.append(f"Runs produced by: `{command}`" if command else
+                 f"Runs found in `{exp.out}` (no experiment.json: command unknown)")
+    lines += [f"  (working directory `{meta['cwd']}`)" if meta.get("cwd") else "",
+              "", f"Report written by: `{report_command}`", "", "## Protocol", ""]
+    lines += protocol_lines(exp, df)
+    for backbone in exp.backbones():
+        lines += ["", f"## {backbone}", ""] + backbone_table(exp, df, backbone, tests)
+        lines += ["", f"### {backbone}: long-tail groups (test NDCG@10, full ranking)", ""]
+        lines += group_table(exp, df, backbone)
+    lines += _failures(exp)
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _failures(exp: Experiment) -> list[str]:
+    done = {(r.backbone, r.variant, r.seed) for r in exp.runs}
+    missing = [c for c in exp.meta.get("cells", [])
+               if tuple(c["key"].split("/")[:2]) + (int(c["key"].rsplit("seed", 1)[1]),)
+               not in done]
+    if not missing:
+        return []
+    out = ["", "## Missing cells (failed or not run)", ""]
+    for c in missing:
+        log = f" — log: `{c['log']}`" if c.get("log") else ""
+        out.append(f"- `{c['key']}`: {c.get('status', 'not run')}"
+                   + (f" ({c['error']})" if c.get("error") else "") + log)
+    return out
