@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("dmesr.features.commands:embed", "Encode descriptions, texts and images (Stage A)."),
     "train": ("dmesr.train.commands:train", "Train SASRec/BERT4Rec/GRU4Rec/pop (resumable)."),
     "evaluate": ("dmesr.eval.commands:evaluate", "Evaluate runs; seeds mean ± std; significance."),
+    "experiment": ("dmesr.experiment.commands:experiment",
+                   "Run a grid of backbone × variant × seed cells, then report."),
+    "report": ("dmesr.report.commands:report", "Tables, p-values and plots of an experiment."),
 }
 
 

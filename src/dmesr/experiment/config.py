@@ -82,11 +82,13 @@ class GridConfig(BaseModel):
             return [spec], []
         return [], to_overrides(spec, f"backbone {name}")
 
+    # Relative `out` / `results_dir` are relative to the working directory (like `--out`
+    # of `dmesr train`); made absolute so recorded per-cell commands work from anywhere.
     def out_dir(self) -> Path:
-        return resolve_path(self.out or f"runs/{self.name}")
+        return resolve_path(self.out or f"runs/{self.name}").absolute()
 
     def results_path(self) -> Path:
-        return resolve_path(self.results_dir or f"results/{self.dataset}")
+        return resolve_path(self.results_dir or f"results/{self.dataset}").absolute()
 
 
 def to_overrides(spec: Settings, what: str) -> list[str]:

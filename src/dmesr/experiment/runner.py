@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -54,11 +55,28 @@ def record_failure(cell: Cell, message: str) -> CellResult:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} not started\n{message}\n")
-    return CellResult(cell.key, "failed", log=str(log), error=message.splitlines()[0])
+    return CellResult(cell.key, "failed", log=str(log), error=" ".join(message.split())[:300])
 
 
-def run_cell(cell: Cell, threads: int) -> CellResult:
+class _Stop:
+    """Shared by the worker threads: after Ctrl-C no new cell starts and running ones are
+    terminated (each keeps its last checkpoint, so the next `dmesr experiment` resumes)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.procs: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+
+    def stop(self) -> None:
+        self.event.set()
+        with self.lock:
+            for proc in self.procs:
+                proc.terminate()
+
+
+def run_cell(cell: Cell, threads: int, stop: _Stop | None = None) -> CellResult:
     """Train one cell; stdout/stderr appended to OUT/experiment.log (kept across resumes)."""
+    stop = stop or _Stop()
     cell.out.mkdir(parents=True, exist_ok=True)
     log = cell.out / LOG_NAME
     argv = cell.argv(threads)
@@ -66,8 +84,15 @@ def run_cell(cell: Cell, threads: int) -> CellResult:
     with open(log, "a") as f:
         f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
         f.flush()
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(threads),
-                              check=False)
+        with stop.lock:  # checked under the lock: no cell starts after stop()
+            if stop.event.is_set():
+                f.write("# interrupted before start\n")
+                return CellResult(cell.key, "failed", log=str(log), error="interrupted")
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=_env(threads))
+            stop.procs.add(proc)
+        proc.wait()
+        with stop.lock:
+            stop.procs.discard(proc)
     seconds = time.perf_counter() - t0
     if proc.returncode == 0 and cell.is_done():
         return CellResult(cell.key, "done", seconds, 0, str(log),
@@ -89,17 +114,25 @@ def run_cells(cells: list[Cell], workers: int, threads: int, progress: bool = Tr
     bar = _bar(len(cells), progress)
     write = bar.write if bar is not None else echo
     results: list[CellResult] = []
+    stop = _Stop()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_cell, c, threads): c for c in cells}
-        for fut in as_completed(futures):
-            res = fut.result()
-            results.append(res)
-            write(_line(res))
+        futures = {pool.submit(run_cell, c, threads, stop): c for c in cells}
+        try:
+            for fut in as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                write(_line(res))
+                if bar is not None:
+                    bar.set_postfix(failed=sum(r.status == "failed" for r in results),
+                                    refresh=False)
+                    bar.update(1)
+        except (KeyboardInterrupt, SystemExit):
+            stop.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
             if bar is not None:
-                bar.set_postfix(failed=sum(r.status == "failed" for r in results))
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.close()
     order = {c.key: i for i, c in enumerate(cells)}
     return sorted(results, key=lambda r: order[r.key])
 

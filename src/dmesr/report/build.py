@@ -16,7 +16,10 @@ def default_results_dir(exp: Experiment) -> Path:
 
 def write_report(out: Path, results_dir: Path | None = None, command: str | None = None,
                  plots: bool = True) -> Path:
-    """Rebuild everything from the run directories under `out`; returns results_dir."""
+    """Rebuild everything from the run directories under `out`; returns results_dir.
+
+    `command`: the `dmesr report …` line to record; None when `dmesr experiment` calls it.
+    """
     from dmesr.report.tables import results_markdown
 
     exp = load_experiment(out)
@@ -33,7 +36,7 @@ def write_report(out: Path, results_dir: Path | None = None, command: str | None
         from dmesr.report.plots import write_plots
 
         names = write_plots(exp, df, folder)
-    md = results_markdown(exp, df, tests, command or f"dmesr report {out}", names)
+    md = results_markdown(exp, df, tests, command, names)
     with atomic_path(folder / "results.md") as tmp:
         tmp.write_text(md)
     return folder

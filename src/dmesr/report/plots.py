@@ -9,13 +9,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
 
-from dmesr.io import atomic_path  # noqa: E402
-from dmesr.report.collect import Experiment, mean_std  # noqa: E402
-from dmesr.report.tables import GROUPS  # noqa: E402
+from dmesr.io import atomic_path
+from dmesr.report.collect import Experiment, mean_std
+from dmesr.report.tables import GROUPS
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -25,17 +26,21 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 Stat = Callable[[str, str], tuple[float, float]]
+_PALETTE = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+
+
+def _color(i: int) -> tuple[float, float, float]:
+    return _PALETTE[i % len(_PALETTE)]
 
 
 def _bars(ax: plt.Axes, xs: list[str], hues: list[str], stat: Stat) -> None:
     """Grouped bars: one group per x, one bar per hue; `stat(x, hue)` = (mean, std)."""
     width = 0.8 / max(len(hues), 1)
-    cmap = plt.get_cmap("tab10" if len(hues) <= 10 else "tab20")
     for j, hue in enumerate(hues):
         ms = np.array([stat(x, hue) for x in xs], dtype=float).reshape(-1, 2)
         pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
         ax.bar(pos, ms[:, 0], width, yerr=ms[:, 1], capsize=2, label=hue,
-               color=cmap(j % cmap.N))
+               color=_color(j))
     ax.set_xticks(np.arange(len(xs)))
     ax.grid(axis="y", alpha=0.3)
 
@@ -51,12 +56,14 @@ def metric_bars(exp: Experiment, df: pd.DataFrame, mode: str, path: Path) -> Pat
     """Test NDCG@10 and HR@10 per variant (x) and backbone (colour), mean ± std over seeds."""
     variants, backbones = exp.variants(), exp.backbones()
     metrics = ["NDCG@10", "HR@10"]
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.0 * len(variants) * 2), 4.2))
+    # metrics stacked vertically: a full grid has ~13 variants × 3 backbones per panel
+    width = max(7.0, len(variants) * (0.22 * len(backbones) + 0.35))
+    fig, axes = plt.subplots(2, 1, figsize=(width, 7.5), constrained_layout=True)
     for ax, metric in zip(axes, metrics, strict=True):
         col = f"test_{mode}_{metric}"
         _bars(ax, variants, backbones, lambda v, b, col=col: _stat(
             df[(df.variant == v) & (df.backbone == b)], col))
-        ax.set_xticklabels(variants, rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"test {metric} ({mode} ranking)")
     axes[0].legend(title="backbone", fontsize=8)
     fig.suptitle(f"{exp.dataset()}: mean ± std over seeds", fontsize=10)
@@ -65,20 +72,30 @@ def metric_bars(exp: Experiment, df: pd.DataFrame, mode: str, path: Path) -> Pat
 
 
 def group_bars(exp: Experiment, df: pd.DataFrame, path: Path) -> Path:
-    """Test NDCG@10 (full) on tail/head users and items: one panel per backbone."""
+    """Test NDCG@10 (full) on tail/head users and items: one row per backbone, variants on
+    x, one bar per group (ablation backbones carry ~13 variants, so variants get the axis)."""
     backbones = exp.backbones()
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 4.2),
-                             squeeze=False)
-    for ax, backbone in zip(axes[0], backbones, strict=True):
+    per_bb = {b: [v for v in exp.variants() if v in set(df[df.backbone == b].variant)]
+              for b in backbones}
+    width = max(7.0, max(len(v) for v in per_bb.values()) * 0.9 + 1.5)
+    fig, axes = plt.subplots(len(backbones), 1, figsize=(width, 3.3 * len(backbones)),
+                             squeeze=False, constrained_layout=True)
+    for ax, backbone in zip(axes[:, 0], backbones, strict=True):
         sub = df[df.backbone == backbone]
-        variants = [v for v in exp.variants() if v in set(sub.variant)]
-        _bars(ax, [g for g, _ in GROUPS], variants, lambda g, v, sub=sub: _stat(
-            sub[sub.variant == v], f"test_full_{g}_NDCG@10"))
-        ax.set_xticklabels([label for _, label in GROUPS], fontsize=8)
-        ax.set_title(f"{backbone}: test NDCG@10 by group")
-        ax.legend(fontsize=7, ncol=2)
+        _bars(ax, per_bb[backbone], [label for _, label in GROUPS],
+              lambda v, label, sub=sub: _stat(
+                  sub[sub.variant == v], f"test_full_{_GROUP_OF[label]}_NDCG@10"))
+        ax.set_xticklabels(per_bb[backbone], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{backbone}: test NDCG@10 (full ranking) by user / item group",
+                     fontsize=10)
+    top = axes[0, 0]
+    top.set_ylim(top=top.get_ylim()[1] * 1.15)  # room for the legend above the bars
+    top.legend(fontsize=8, ncol=4, loc="upper left")
     _save(fig, path)
     return path
+
+
+_GROUP_OF = {label: g for g, label in GROUPS}
 
 
 def _curve(run_dir: Path) -> tuple[list[int], list[float]]:
@@ -91,29 +108,32 @@ def _curve(run_dir: Path) -> tuple[list[int], list[float]]:
 
 
 def valid_curves(exp: Experiment, path: Path) -> Path:
-    """Validation NDCG@10 (full) per epoch: one panel per backbone, one colour per variant,
-    one line per seed."""
-    backbones = exp.backbones()
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 4.0),
-                             squeeze=False)
-    variants = exp.variants()
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    """Validation NDCG@10 (full) per epoch: one panel per backbone, one colour per variant
+    (the same in every panel), one line style per seed: seeds stop early at different
+    epochs, so they are drawn, not averaged."""
+    backbones, variants, seeds = exp.backbones(), exp.variants(), exp.seeds()
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 4.6),
+                             squeeze=False, constrained_layout=True)
+    styles = ["-", "--", ":", "-."]
+    handles: dict[str, object] = {}
     for ax, backbone in zip(axes[0], backbones, strict=True):
-        seen = set()
         for run in sorted((r for r in exp.runs if r.backbone == backbone),
                           key=lambda r: (variants.index(r.variant), r.seed)):
             x, y = _curve(run.path)
-            if not x:
-                continue
-            label = None if run.variant in seen else run.variant
-            seen.add(run.variant)
-            ax.plot(x, y, color=cmap(variants.index(run.variant) % cmap.N), lw=1.2,
-                    alpha=0.8, label=label, marker="." if len(x) < 15 else None)
-        ax.set_title(f"{backbone}: validation NDCG@10 (full)")
+            if x:
+                (line,) = ax.plot(x, y, color=_color(variants.index(run.variant)), lw=1.2,
+                                  alpha=0.85, marker="." if len(x) < 15 else None,
+                                  ls=styles[seeds.index(run.seed) % len(styles)])
+                handles.setdefault(run.variant, line)
+        ax.set_title(f"{backbone}: validation NDCG@10 (full)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if seen:
-            ax.legend(fontsize=7, ncol=2)
+    names = [v for v in variants if v in handles]
+    seed_lines = [Line2D([], [], color="black", lw=1.2, ls=styles[i % len(styles)])
+                  for i in range(len(seeds))]
+    fig.legend([handles[v] for v in names] + seed_lines,
+               names + [f"seed {s}" for s in seeds], loc="outside lower center", fontsize=8,
+               ncol=min(len(names) + len(seeds), 6))
     _save(fig, path)
     return path
 

@@ -16,9 +16,9 @@ GROUPS = [("tail_user", "tail users"), ("head_user", "head users"),
 
 def metric_columns(protocols: list[str]) -> list[tuple[str, str]]:
     """(CSV column, header) of the quality metrics shown; all higher-is-better."""
-    cols = [("valid_full_NDCG@10", "valid NDCG@10")]
+    cols = [("valid_full_NDCG@10", "valid NDCG@10 full")]
     if "full" in protocols:
-        cols += [(f"test_full_{m}", f"NDCG@10 full" if m == "NDCG@10" else f"{m} full")
+        cols += [(f"test_full_{m}", "NDCG@10 full" if m == "NDCG@10" else f"{m} full")
                  for m in ("NDCG@10", "HR@10", "NDCG@20", "HR@20", "MRR@10")]
     if "sampled" in protocols:
         cols += [(f"test_sampled_{m}", f"{m} sampled") for m in ("NDCG@10", "HR@10")]
@@ -103,7 +103,9 @@ def group_table(exp: Experiment, df: pd.DataFrame, backbone: str) -> list[str]:
     for g, label in GROUPS:
         n = sub.get(f"test_full_{g}_n_users")
         header.append(f"{label} (n={int(n.iloc[0])})" if n is not None and len(n) else label)
-    return _table(header, [[v] + [cells[(v, c)] for c in cols] for v in variants])
+    abl = exp.ablations()
+    return _table(header, [[f"{v} (ablation)" if v in abl else v] + [cells[(v, c)] for c in cols]
+                           for v in variants])
 
 
 def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
@@ -135,18 +137,29 @@ def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
 
 
 def results_markdown(exp: Experiment, df: pd.DataFrame, tests: dict[tuple[str, str, str], Test],
-                     report_command: str, plots: list[str]) -> str:
+                     report_command: str | None, plots: list[str]) -> str:
+    """`report_command` None: written by `dmesr experiment` itself (the command above)."""
     meta = exp.meta
-    command = meta.get("command")
+    commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
     lines = [f"# Results: {exp.dataset()}" + (f" ({exp.grid['name']})" if "name" in exp.grid
                                                 else ""), ""]
-    lines.append(f"Runs produced by: `{command}`" if command else
-                 f"Runs found in `{exp.out}` (no experiment.json: command unknown)")
-    lines += [f"  (working directory `{meta['cwd']}`)" if meta.get("cwd") else "",
-              "", f"Report written by: `{report_command}`", "", "## Protocol", ""]
+    if len(commands) == 1:
+        lines.append(f"Runs produced by: `{commands[0]}`")
+    elif commands:  # resumed or run piecewise with --only: every invocation, in order
+        lines += ["Runs produced by (in order):", ""] + [f"- `{c}`" for c in commands]
+        lines.append("")
+    else:
+        lines.append(f"Runs found in `{exp.out}` (no experiment.json: command unknown)")
+    if meta.get("cwd"):
+        lines.append(f"(working directory `{meta['cwd']}`)")
+    lines.append("")
+    lines.append(f"Report written by: `{report_command}`" if report_command else
+                 f"Report written by the same command; rebuild it from the run directories "
+                 f"with `dmesr report {exp.out}`")
+    lines += ["", "## Protocol", ""]
     lines += protocol_lines(exp, df)
     for backbone in exp.backbones():
-        lines += ["", f"## {backbone}", ""] + backbone_table(exp, df, backbone, tests)
+        lines += ["", f"## {backbone}", "", *backbone_table(exp, df, backbone, tests)]
         lines += ["", f"### {backbone}: long-tail groups (test NDCG@10, full ranking)", ""]
         lines += group_table(exp, df, backbone)
     lines += _failures(exp)
@@ -156,15 +169,18 @@ def results_markdown(exp: Experiment, df: pd.DataFrame, tests: dict[tuple[str, s
 
 
 def _failures(exp: Experiment) -> list[str]:
-    done = {(r.backbone, r.variant, r.seed) for r in exp.runs}
-    missing = [c for c in exp.meta.get("cells", [])
-               if tuple(c["key"].split("/")[:2]) + (int(c["key"].rsplit("seed", 1)[1]),)
-               not in done]
+    """Grid cells without results: failed ones with their error and log, then the rest."""
+    done = {f"{r.backbone}/{r.variant}/seed{r.seed}" for r in exp.runs}
+    missing = [c for c in exp.meta.get("cells", []) if c["key"] not in done]
     if not missing:
         return []
-    out = ["", "## Missing cells (failed or not run)", ""]
-    for c in missing:
+    out = ["", "## Missing cells", ""]
+    for c in (c for c in missing if c.get("status") == "failed"):
         log = f" — log: `{c['log']}`" if c.get("log") else ""
-        out.append(f"- `{c['key']}`: {c.get('status', 'not run')}"
-                   + (f" ({c['error']})" if c.get("error") else "") + log)
+        out.append(f"- failed `{c['key']}`" + (f": {c['error']}" if c.get("error") else "")
+                   + log)
+    rest = [c["key"] for c in missing if c.get("status") != "failed"]
+    if rest:
+        out.append(f"- not run yet or interrupted ({len(rest)}): "
+                   + ", ".join(f"`{k}`" for k in rest))
     return out

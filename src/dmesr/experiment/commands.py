@@ -1,0 +1,158 @@
+"""`dmesr experiment GRID.yaml`: run every cell of a grid, then write the report."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from typing import Any
+
+import click
+
+from dmesr.experiment.cells import (
+    Cell,
+    expand,
+    parse_only,
+    select,
+    stale,
+    threads_per_worker,
+    validate,
+)
+from dmesr.experiment.config import GridConfig, load_grid, split_overrides
+from dmesr.experiment.runner import CellResult, record_failure, run_cells
+from dmesr.io import provenance, read_json, write_json
+from dmesr.report.collect import META_NAME
+
+
+def _command(grid_file: str, workers: int | None, only: tuple[str, ...], dry_run: bool,
+             no_report: bool, overrides: tuple[str, ...]) -> str:
+    argv = ["dmesr", "experiment", grid_file]
+    argv += ["--workers", str(workers)] if workers else []
+    for spec in only:
+        argv += ["--only", spec]
+    argv += ["--dry-run"] if dry_run else []
+    argv += ["--no-report"] if no_report else []
+    return shlex.join([*argv, *overrides])
+
+
+def _write_meta(grid: GridConfig, command: str, cells: list[Cell],
+                results: dict[str, dict[str, Any]], threads: int) -> None:
+    """<out>/experiment.json: the grid, every command run on it so far and every cell's
+    state (cells outside this invocation's --only keep their earlier record)."""
+    path = grid.out_dir() / META_NAME
+    old = read_json(path) if path.is_file() else {}
+    old_cells = {c["key"]: c for c in old.get("cells", [])}
+    commands = [c for c in old.get("commands", []) if c != command] + [command]
+
+    def state(c: Cell) -> dict[str, Any]:
+        if c.key in results:
+            return results[c.key]
+        if not c.is_done() and old_cells.get(c.key, {}).get("status") == "failed":
+            return {k: v for k, v in old_cells[c.key].items() if k not in _CELL_FIXED}
+        return {"status": c.status()}
+
+    write_json(path, provenance(
+        command=command, commands=commands, cwd=os.getcwd(), python=sys.executable,
+        grid=grid.model_dump(mode="json"), results_dir=str(grid.results_path()),
+        workers=grid.workers, threads_per_worker=threads,
+        cells=[{"key": c.key, "ablation": c.ablation, "out": str(c.out),
+                "command": shlex.join(c.argv(threads)), **state(c)} for c in cells],
+    ))
+
+
+_CELL_FIXED = ("key", "ablation", "out", "command")
+
+
+def _dry_run(cells: list[Cell], threads: int) -> None:
+    for c in cells:
+        error = validate(c)
+        state = "INVALID" if error else c.status()
+        click.echo(f"{state:8s} {c.key}")
+        click.echo(f"         {error}" if error else f"         {shlex.join(c.argv(threads))}")
+
+
+def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
+    """Cells to run; finished or invalid cells are settled without launching anything."""
+    todo, settled = [], {}
+    for c in cells:
+        if c.is_done():
+            settled[c.key] = CellResult(c.key, "stale" if stale(c) else "skipped")
+        elif error := validate(c):
+            settled[c.key] = record_failure(c, error)
+        else:
+            todo.append(c)
+    return todo, settled
+
+
+@click.command()
+@click.argument("grid_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--workers", type=int, default=None, help="parallel cells (default: the grid's)")
+@click.option("--only", multiple=True, help="run only matching cells, e.g. "
+              "backbone=sasrec,variant=dmesr* (globs; repeat for OR)")
+@click.option("--dry-run", is_flag=True, help="list cells, their status and commands")
+@click.option("--no-report", is_flag=True, help="do not write the report afterwards")
+@click.option("--no-progress", is_flag=True, help="no progress bar (logs, CI)")
+@click.argument("overrides", nargs=-1)
+def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_run: bool,
+               no_report: bool, no_progress: bool, overrides: tuple[str, ...]) -> None:
+    """Run a grid of backbone × variant × seed cells (resumable) and report the results.
+
+    OVERRIDES: run settings for every cell (train.epochs=5, dataset.paths.prepared=…)
+    or grid settings (seeds=[1,2], out=runs/x, results_dir=…). Finished cells (with
+    metrics.json) are skipped; interrupted ones resume from their last checkpoint.
+    """
+    grid_over, run_over = split_overrides(list(overrides))
+    grid = load_grid(grid_file, grid_over)
+    n_workers = workers or grid.workers
+    grid = grid.model_copy(update={"workers": n_workers})
+    threads = threads_per_worker(n_workers)
+    all_cells = expand(grid, run_over)
+    cells = select(all_cells, parse_only(only))
+    if dry_run:
+        _dry_run(cells, threads)
+        return
+    command = _command(grid_file, workers, only, dry_run, no_report, overrides)
+    todo, settled = _plan(cells)
+    results = {k: r.as_dict() for k, r in settled.items()}
+    _write_meta(grid, command, all_cells, results, threads)
+    click.echo(f"{len(cells)} cells: {len(todo)} to run "
+               f"({sum(c.status() == 'resume' for c in todo)} resuming), "
+               f"{sum(r.status in ('skipped', 'stale') for r in settled.values())} finished, "
+               f"{sum(r.status == 'failed' for r in settled.values())} invalid; "
+               f"{n_workers} workers × {threads} threads")
+    # SIGTERM (a scheduler, `kill`) stops the grid like Ctrl-C: running cells are
+    # terminated instead of being orphaned; each resumes from its checkpoint next time.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for res in run_cells(todo, n_workers, threads, progress=not no_progress, echo=click.echo):
+        results[res.key] = res.as_dict()
+    _write_meta(grid, command, all_cells, results, threads)
+    _summary(results)
+    if not no_report:
+        from dmesr.errors import DmesrError
+        from dmesr.report.build import write_report
+
+        try:
+            folder = write_report(grid.out_dir(), grid.results_path())
+            click.echo(f"report: {folder / 'results.md'}")
+        except DmesrError as exc:  # e.g. every cell failed: nothing to report
+            click.echo(f"no report: {exc}", err=True)
+    if any(r["status"] == "failed" for r in results.values()):
+        sys.exit(1)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _summary(results: dict[str, dict[str, Any]]) -> None:
+    failed = {k: r for k, r in results.items() if r["status"] == "failed"}
+    stale_ = [k for k, r in results.items() if r["status"] == "stale"]
+    for key in stale_:
+        click.echo(f"warning: {key} finished with another configuration than the grid's "
+                   "now (kept; delete its directory to rerun it)", err=True)
+    for key, r in failed.items():
+        click.echo(f"FAILED {key}: {r.get('error', '')} (log: {r.get('log')})", err=True)
+    done = sum(r["status"] == "done" for r in results.values())
+    click.echo(f"{done} run, {len(results) - done - len(failed)} already finished, "
+               f"{len(failed)} failed")
