@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("dmesr.experiment.commands:experiment",
                    "Run a grid of backbone × variant × seed cells, then report."),
     "report": ("dmesr.report.commands:report", "Tables, p-values and plots of an experiment."),
+    "pipeline": ("dmesr.pipeline:pipeline",
+                 "The whole job: prepare, enhance, embed, train, evaluate, table."),
 }
 
 

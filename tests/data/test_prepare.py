@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from dmesr.data.dataset import PreparedDataset
-from dmesr.data.prepare import dedup_mask, kcore_mask, prepare, sample_negatives
+from dmesr.data.prepare import dedup_mask, kcore_mask, prepare, sample_negatives, up_to_date
 from dmesr.data.schema import DatasetConfig
 from dmesr.errors import DataError, EmptyResultError
 
@@ -260,3 +260,32 @@ def test_items_keep_text_fields(tiny_dataset: PreparedDataset):
     assert items["title"].str.startswith("Movie number").all()
     assert (items["image_status"] == "none").all()
     assert isinstance(items, pd.DataFrame)
+
+
+def test_rerun_is_skipped_and_later_stages_survive_a_rebuild(tmp_path: Path):
+    rows = [f"u{u}\ti{k}\t5\t{k}" for u in range(3) for k in range(1, 6)]
+    inter = _write(tmp_path / "d.inter", rows)
+    cfg = _cfg(inter)
+    logs: list[str] = []
+    first = prepare(cfg, tmp_path / "out", logs.append, False)
+    (first.root / "enhance").mkdir()
+    (first.root / "enhance" / "cache.jsonl").write_text("{}\n")
+    mtime = (first.root / "manifest.json").stat().st_mtime_ns
+    prepare(cfg, tmp_path / "out", logs.append, False)
+    assert "up to date" in logs[-1]
+    assert (first.root / "manifest.json").stat().st_mtime_ns == mtime
+    inter.write_text(inter.read_text() + "u9\ti1\t5\t1\n")  # the source changed: rebuild
+    prepare(cfg, tmp_path / "out", logs.append, False)
+    assert (first.root / "manifest.json").stat().st_mtime_ns != mtime
+    assert (tmp_path / "out" / "enhance" / "cache.jsonl").read_text() == "{}\n"
+    new_cfg = cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": 5})})
+    assert not up_to_date(new_cfg, tmp_path / "out")
+
+
+def test_negatives_count_distinct_items_when_sequences_repeat():
+    # 5 items; the user saw items 1 and 2 four times each: 3 unseen items, not 5 - 8 < 0
+    items = np.array([1, 2, 1, 2, 1, 2, 1, 2], dtype=np.int32)
+    neg, short = sample_negatives(np.array([0, 0, 8]), items, 5, 3, np.random.default_rng(0))
+    assert short == 0 and sorted(neg[1].tolist()) == [3, 4, 5]
+    neg, short = sample_negatives(np.array([0, 0, 8]), items, 5, 4, np.random.default_rng(0))
+    assert short == 1 and sorted(neg[1, :3].tolist()) == [3, 4, 5] and neg[1, 3] == 0

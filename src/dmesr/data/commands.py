@@ -56,9 +56,10 @@ def load_dataset_config(
               help="bad records: stop with an error (raise) or skip, count and write "
                    "rejects.jsonl (skip); default from the config, else raise")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--force", is_flag=True, help="rebuild even when OUT is up to date")
 @click.argument("overrides", nargs=-1)
 def prepare(config: Path | None, out: Path, fmt: str | None, interactions: Path | None,
-            items: Path | None, on_error: str | None, quiet: bool,
+            items: Path | None, on_error: str | None, quiet: bool, force: bool,
             overrides: tuple[str, ...]) -> None:
     """Read a raw dataset and prepare it (SPEC §2).
 
@@ -67,4 +68,4 @@ def prepare(config: Path | None, out: Path, fmt: str | None, interactions: Path 
     from dmesr.data.prepare import prepare as run_prepare
 
     cfg = load_dataset_config(config, list(overrides), fmt, interactions, items, on_error)
-    run_prepare(cfg, out, log=click.echo, progress=not quiet)
+    run_prepare(cfg, out, log=click.echo, progress=not quiet, force=force)

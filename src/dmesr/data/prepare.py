@@ -112,10 +112,12 @@ def sample_negatives(
     lengths = np.diff(indptr)[1:]
     user_of = np.repeat(np.arange(1, n_users + 1, dtype=np.int64), lengths)
     keys = sorted_unique(user_of * (n_items + 1) + items[indptr[1] :].astype(np.int64))
+    # distinct items per user (a sequence may repeat an item)
+    distinct = np.bincount(keys // (n_items + 1), minlength=n_users + 1)
     short = 0
     for start in range(1, n_users + 1, chunk_users):
         users = np.arange(start, min(start + chunk_users, n_users + 1))
-        filled = _fill_chunk(users, lengths[users - 1], keys, n_items, n_neg, rng, out)
+        filled = _fill_chunk(users, distinct[users], keys, n_items, n_neg, rng, out)
         short += filled
     return out, short
 
@@ -279,10 +281,39 @@ def _item_table(raw: RawData, item_table: pd.DataFrame, text_fields: list[str]) 
     return out
 
 
+# Folders that later stages keep inside a prepared dataset. Re-preparing carries them
+# over: the enhancement cache is keyed by item key and prompt hash, so it stays valid, and
+# feature views check the dataset hash themselves (and are rebuilt when stale).
+KEPT_SUBFOLDERS = ("enhance", "features")
+
+
+def up_to_date(cfg: DatasetConfig, out: Path) -> bool:
+    """True when `out` was prepared by this version with these parameters from these bytes."""
+    path = out / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        old = json.loads(path.read_text())
+        same = (old.get("created_by") == f"dmesr {__version__}"
+                and old.get("parameters") == cfg.model_dump(mode="json"))
+        return same and all(
+            Path(s["path"]).is_file() and Path(s["path"]).stat().st_size == s["bytes"]
+            and sha256_file(s["path"]) == s["sha256"] for s in old["sources"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def prepare(cfg: DatasetConfig, out: str | Path, log: Log = print,
-            progress: bool = True) -> PreparedDataset:
-    """Read, transform and write a dataset atomically; returns the prepared dataset."""
+            progress: bool = True, force: bool = False) -> PreparedDataset:
+    """Read, transform and write a dataset atomically; returns the prepared dataset.
+
+    An output prepared from the same source bytes with the same parameters is reused
+    unless `force`.
+    """
     out = Path(out)
+    if not force and up_to_date(cfg, out):
+        log(f"{out} is up to date (same sources and parameters); use --force to rebuild")
+        return PreparedDataset(out)
     t0 = time.perf_counter()
     policy = ErrorPolicy(cfg.on_error)
     log(f"[1/4] reading {cfg.name} ({cfg.format})")
@@ -301,6 +332,9 @@ def prepare(cfg: DatasetConfig, out: str | Path, log: Log = print,
     stats = compute_stats(prepared, raw, policy)
     with atomic_dir(out) as tmp:
         _write(tmp, cfg, raw, prepared, policy, stats)
+        for name in KEPT_SUBFOLDERS:
+            if (out / name).is_dir():
+                (out / name).rename(tmp / name)
     log(stats_markdown(stats, cfg.name))
     log(f"prepared {cfg.name} in {time.perf_counter() - t0:.1f}s -> {out}")
     return PreparedDataset(out)
