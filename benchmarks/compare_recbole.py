@@ -142,13 +142,15 @@ def main() -> None:
     ap.add_argument("--recbole-python", default=str(REPO / ".venv-recbole" / "bin" / "python"))
     ap.add_argument("--dmesr-override", nargs="*", default=[],
                     help="dotted overrides for every dmesr run")
+    ap.add_argument("--note", action="append", default=[],
+                    help="free-text caveat stored in the JSON (repeatable)")
     ap.add_argument("--cached-only", action="store_true",
                     help="only tabulate runs already cached (run nothing)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
     systems = args.systems.split(",")
-    notes = []
+    notes = list(args.note)
     if "recbole" in systems and not args.cached_only and not recbole_available(
             args.recbole_python):
         systems.remove("recbole")

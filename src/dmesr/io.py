@@ -17,7 +17,6 @@ import numpy as np
 
 from dmesr import __version__
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
