@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, write_atomic_files
+from support import REPO, write_atomic_files
 
 pytest.importorskip("sentence_transformers")
 
