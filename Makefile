@@ -3,7 +3,6 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dmesr-installed
-OUT ?= artifacts
 
 .PHONY: demo test install lint
 
@@ -20,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/dmesr prepare --config configs/datasets/ml100k.yaml --out $(OUT)/ml100k
+	HF_HUB_OFFLINE=1 $(BIN)/dmesr pipeline configs/pipelines/demo_ml100k.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
