@@ -289,3 +289,57 @@ def test_negatives_count_distinct_items_when_sequences_repeat():
     assert short == 0 and sorted(neg[1].tolist()) == [3, 4, 5]
     neg, short = sample_negatives(np.array([0, 0, 8]), items, 5, 4, np.random.default_rng(0))
     assert short == 1 and sorted(neg[1, :3].tolist()) == [3, 4, 5] and neg[1, 3] == 0
+
+
+def _fixture_cfg(fmt: str, folder: str) -> DatasetConfig:
+    root = Path(__file__).resolve().parents[1] / "fixtures" / folder
+    return DatasetConfig(name=folder, format=fmt, paths={"root": str(root)},
+                         filter={"user_min": 3, "item_min": 1}, split={"n_negatives": 2})
+
+
+def test_movielens_1m_layout(tmp_path: Path):
+    ds = prepare(_fixture_cfg("movielens_1m", "ml1m"), tmp_path / "o", _quiet, False)
+    assert (ds.n_users, ds.manifest["stats"]["interactions"]) == (6, 36)
+    items = ds.items.set_index("item_key")
+    assert items.loc["8", "title"] == "Misérables, Les (1995)"  # latin-1 decoded
+    assert items.loc["1", "genres"] == "Animation, Children's, Comedy"
+    assert ds.interactions["timestamp"].iloc[0] == 978300100 * 1000  # seconds -> ms
+
+
+def test_movielens_100k_original_layout(tmp_path: Path):
+    ds = prepare(_fixture_cfg("movielens_100k", "ml100k"), tmp_path / "o", _quiet, False)
+    assert (ds.n_users, ds.manifest["stats"]["interactions"]) == (6, 36)
+    assert ds.text_fields == ["title", "release_date", "genres"]
+    assert "Café Society (1995)" in set(ds.items["title"])
+    assert ds.items["genres"].notna().all()
+
+
+def test_real_ml100k_posters_against_independent_count(shared_data: Path, tmp_path: Path):
+    """5-core counts and poster coverage recomputed with csv/os alone."""
+    from dmesr.config import load_config
+
+    root = shared_data / "ml-100k-tmdb-posters"
+    with open(root / "ml-100k" / "u.data") as f:
+        rows = [tuple(line.split("\t")[:2]) for line in f]
+    while True:
+        uc = collections.Counter(u for u, _ in rows)
+        ic = collections.Counter(i for _, i in rows)
+        kept = [(u, i) for u, i in rows if uc[u] >= 5 and ic[i] >= 5]
+        if len(kept) == len(rows):
+            break
+        rows = kept
+    items = {i for _, i in rows}
+    with open(root / "tmdb_link_check.csv") as f:
+        wrong = {r["movie_id"] for r in csv.DictReader(f) if r["likely_wrong_link"] == "True"}
+    ok = {i for i in items - wrong if (root / "posters" / f"{i}.jpg").is_file()}
+    cfg = load_config(DatasetConfig, [Path(__file__).resolve().parents[2] / "configs" /
+                                      "datasets" / "ml100k_posters.yaml"],
+                      [f"paths.root={root}"])
+    ds = prepare(cfg, tmp_path / "posters", _quiet, False)
+    stats = ds.manifest["stats"]
+    assert (stats["users"], stats["items"], stats["interactions"]) == (
+        len({u for u, _ in rows}), len(items), len(rows))
+    assert stats["images"]["ok"] == len(ok)
+    assert stats["images"]["none"] == len(items & wrong)
+    masked = ds.items[ds.items["item_key"].isin(wrong)]
+    assert masked["overview"].isna().all() and masked["image_path"].isna().all()
