@@ -31,7 +31,8 @@ def build_encoder(cfg: ModelConfig, n_items: int,
         from dmesr.models.dmesr import build_dmesr_encoder
 
         store = resolve_path(cfg.encoder.features) if cfg.encoder.features else None
-        return build_dmesr_encoder(cfg.encoder.dmesr, cfg.hidden, dataset, store)
+        dim = cfg.encoder.dmesr.view_dim or cfg.hidden
+        return build_dmesr_encoder(cfg.encoder.dmesr, dim, dataset, store)
     raise ValueError(f"unknown encoder type '{cfg.encoder.type}'")
 
 

@@ -40,6 +40,10 @@ class DMESRConfig(BaseModel):
     mllm_views: list[str] = Field(default_factory=lambda: ["img", "txt", "mm"])
     text_fields: list[str] | None = Field(None, description="None: every stored text field")
     out_views: list[OutView] = Field(default_factory=lambda: ["text", "mllm", "id"])
+    view_dim: int | None = Field(
+        None, ge=2, description="width of each output view (the shared backbone's width); "
+        "None: model.hidden. hidden / n_views keeps the user vector as wide as ID-only's",
+    )
     adapter: Literal["linear", "mlp"] = "mlp"
     adapter_dropout: float = 0.1
     fusion: Literal["cross_attention", "mean", "sequence", "concat"] = Field(

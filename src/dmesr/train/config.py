@@ -69,8 +69,11 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.backbone in ("sasrec", "bert4rec") and self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        width = self.hidden
+        if self.encoder.type == "dmesr" and self.encoder.dmesr.view_dim:
+            width = self.encoder.dmesr.view_dim
+        if self.backbone in ("sasrec", "bert4rec") and width % self.heads:
+            raise ValueError(f"backbone width ({width}) must be divisible by heads ({self.heads})")
         return self
 
 

@@ -1,0 +1,78 @@
+"""Training-step cost of DMESR variants relative to the ID-only backbone (same data, batch).
+
+    python benchmarks/step_cost.py --data data/ml100k_posters
+Times forward + backward + AdamW step on the same batches, interleaving the variants
+round-robin so that load from other processes hits them alike; reports the median ms per
+step and the ratio to ID-only. Writes benchmarks/results/step_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dmesr.config import load_config
+from dmesr.data.dataset import PreparedDataset
+from dmesr.models import build_model
+from dmesr.train.config import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "step_cost.json"
+VARIANTS = {
+    "id": ["model.encoder.type=id"],
+    "dmesr (3 views x 64)": ["model.encoder.type=dmesr"],
+    "dmesr (3 views x 32)": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=32"],
+    "dmesr (2 views x 32, no id)": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=32",
+                                    "model.encoder.dmesr.out_views=[text, mllm]"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset with features")
+    parser.add_argument("--config", default=str(REPO / "configs/experiments/sasrec_ml100k.yaml"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = PreparedDataset(args.data)
+    models, opts, cfg = {}, {}, None
+    for name, over in VARIANTS.items():
+        cfg = load_config(RunConfig, [args.config], over)
+        torch.manual_seed(0)
+        models[name] = build_model(cfg.model, ds.n_items, dataset=ds).train()
+        opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-3)
+    seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))
+    bs = cfg.train.batch_size
+    times: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    for step in range(args.steps + 3):
+        batch_rows = torch.randint(0, seqs.shape[0], (bs,), generator=torch.Generator().manual_seed(step))
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            loss = model.calculate_loss(model.train_batch(seqs[batch_rows]))
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            if step >= 3:  # warm-up steps excluded
+                times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["id"])
+    rows = []
+    for name, ts in times.items():
+        ms = statistics.median(ts) * 1000
+        rows.append({"variant": name, "ms_per_step": round(ms, 1),
+                     "ratio_to_id": round(ms / (base * 1000), 2)})
+        print(f"{name:32s} {ms:8.1f} ms/step  x{ms / (base * 1000):.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
+                                   "max_len": cfg.model.max_len, "threads": args.threads,
+                                   "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
