@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from dmesr.enhance.testing import RecordingServer, make_prepared
 from support import REPO, write_atomic_files
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,3 +44,25 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
         filter={"user_min": 5, "item_min": 2}, split={"n_negatives": 20, "seed": 1},
     )
     return prepare(cfg, root / "prepared", log=lambda _: None, progress=False)
+
+
+# ---- Stage A: fake prepared data with images, recording OpenAI-compatible servers ----
+@pytest.fixture
+def fake_data(tmp_path):
+    """6 items; items 1, 3, 5 have an image; item 2 has no genres."""
+    return make_prepared(tmp_path / "prepared")
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., RecordingServer]]:
+    """Factory of started RecordingServers, all stopped at the end of the test."""
+    started: list[RecordingServer] = []
+
+    def make(**kw) -> RecordingServer:
+        s = RecordingServer(**kw).start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
