@@ -185,7 +185,7 @@ class DMESREncoder(ItemEncoder):
             else:
                 nn.init.normal_(self.id_embedding.weight, std=0.02)
                 self.id_embedding.weight.data[0].zero_()
-        self._cache: tuple[Tensor, Tensor | None] | None = None
+        self._cache: Tensor | None = None  # fused table of every item, see new_step
         self._align_ids: Tensor | None = None
 
     # ---- frozen inputs ---------------------------------------------------------------
@@ -211,9 +211,9 @@ class DMESREncoder(ItemEncoder):
     def fused(self, ids: Tensor) -> Tensor:
         """Item views [N, n_views, d] for item ids [N] (padding rows are zeros)."""
         out = []
-        need_m = "mllm" in self.cfg.out_views or "text" in self.cfg.out_views
-        m, m_mask = self._stack("m", self.m_adapters, ids) if self.mllm_names and need_m else (
-            None, None)
+        # concat feeds the raw MLLM tables to its own adapter; the per-view ones stay unused
+        need_m = self.mllm_names and self.concat_adapter is None
+        m, m_mask = self._stack("m", self.m_adapters, ids) if need_m else (None, None)
         t, t_mask = self._stack("t", self.t_adapters, ids) if self.text_names else (None, None)
         cross = self.cfg.fusion == "cross_attention" and m is not None and t is not None
         for view in self.cfg.out_views:
@@ -245,8 +245,8 @@ class DMESREncoder(ItemEncoder):
     def _table(self) -> Tensor:
         if self._cache is None:
             ids = torch.arange(self.n_items + 1, device=self.log_temperature.device)
-            self._cache = (self.fused(ids), None)
-        return self._cache[0]
+            self._cache = self.fused(ids)
+        return self._cache
 
     def _lookup(self, ids: Tensor) -> Tensor:
         if self.training and self._align_ids is None:
