@@ -67,19 +67,25 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Load a YAML mapping, following `base:` (relative to the file) and recording `_config_dir`."""
-    path = Path(path).resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: circular 'base:' chain")
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """One YAML file that must hold a mapping; every failure names the file."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a YAML mapping, following `base:` (relative to the file); `paths:` made absolute."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    data = read_yaml_mapping(path)
     bases = data.pop("base", None)
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases or []:

@@ -170,18 +170,6 @@ def _validate_raw(raw: RawData, fmt: str) -> None:
         raise ConfigError(f"reader '{fmt}' returned items without 'item_key'")
 
 
-def _select_text_fields(raw: RawData, cfg: DatasetConfig) -> list[str]:
-    if cfg.text_fields is None:
-        return list(raw.text_fields)
-    unknown = [f for f in cfg.text_fields if f not in raw.items.columns]
-    if unknown:
-        raise ConfigError(
-            f"dataset '{cfg.name}': text_fields {unknown} not in the item table "
-            f"(available: {', '.join(raw.text_fields)})"
-        )
-    return list(cfg.text_fields)
-
-
 @dataclass
 class Prepared:
     """In-memory result before writing."""
@@ -208,7 +196,8 @@ def transform(raw: RawData, cfg: DatasetConfig, log: Log) -> Prepared:
         if np.isnan(rating).all():
             raise ConfigError(f"filter.rating_min is set but '{cfg.name}' has no ratings")
         keep = rating >= cfg.filter.rating_min
-    funnel.add(f"rating >= {cfg.filter.rating_min}", int(keep.sum()))
+    rule = "none" if cfg.filter.rating_min is None else f">= {cfg.filter.rating_min}"
+    funnel.add(f"rating filter ({rule})", int(keep.sum()))
     user, user_keys = _codes(inter["user_key"][keep])
     item, item_keys = _codes(inter["item_key"][keep])
     ts = inter["timestamp"].to_numpy(dtype=np.int64)[keep]
@@ -251,7 +240,8 @@ def transform(raw: RawData, cfg: DatasetConfig, log: Log) -> Prepared:
                                               n_items, cfg.split.n_negatives,
                                               np.random.default_rng(seed))
         short = max(short, s)
-    text_fields = _select_text_fields(raw, cfg)
+    offered = [c for c in raw.items.columns if c not in ("item_key", IMAGE_COLUMN)]
+    text_fields = cfg.select_text_fields(offered, raw.text_fields)
     items = _item_table(raw, item_table, text_fields)
     return Prepared(interactions, user_table, items, negatives, funnel, text_fields, short,
                     iterations)

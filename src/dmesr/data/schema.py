@@ -99,6 +99,18 @@ class DatasetConfig(BaseModel):
             raise ValueError("filter.user_min must be >= 3 for a leave-one-out split")
         return self
 
+    def select_text_fields(self, available: list[str], default: list[str],
+                           noun: str = "field") -> list[str]:
+        """`text_fields` (or the reader's default), checked against what the source offers."""
+        wanted = list(self.text_fields) if self.text_fields is not None else default
+        unknown = [f for f in wanted if f not in available]
+        if unknown:
+            raise ConfigError(
+                f"dataset '{self.name}' (format {self.format}): unknown text {noun}(s) "
+                f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}"
+            )
+        return list(dict.fromkeys(wanted))
+
     def path(self, key: str, required: bool = True) -> Path | None:
         """A named input path, resolved (env vars, pkg://, relative to the config file)."""
         value = self.paths.get(key)

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dmesr.config import apply_overrides, build, deep_merge, resolve_path
+from dmesr.config import apply_overrides, build, deep_merge, read_yaml_mapping, resolve_path
 from dmesr.errors import ConfigError
 
 # A variant (or backbone) as settings: dotted overrides, or a nested mapping of them.
@@ -112,24 +111,12 @@ def to_overrides(spec: Settings, what: str) -> list[str]:
     return out
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def load_grid_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A grid mapping with its `include:` files merged in (later wins) and paths absolute."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: circular 'include:' chain")
-    data = _read(path)
+    data = read_yaml_mapping(path, "grid")
     includes = data.pop("include", None)
     merged: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else includes or []:

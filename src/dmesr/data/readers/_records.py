@@ -271,17 +271,6 @@ def clean_text(value: Any, sep: str = " ") -> str | None:
     return text or None
 
 
-def select_fields(cfg: DatasetConfig, available: Iterable[str], default: list[str]) -> list[str]:
-    """`cfg.text_fields` (or the reader's default), checked against what the format offers."""
-    available = list(available)
-    wanted = list(cfg.text_fields) if cfg.text_fields is not None else default
-    unknown = [f for f in wanted if f not in available]
-    if unknown:
-        raise ConfigError(
-            f"dataset '{cfg.name}' (format {cfg.format}): unknown text field(s) "
-            f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}"
-        )
-    return list(dict.fromkeys(wanted))
 
 
 def check_options(cfg: DatasetConfig, allowed: Iterable[str]) -> None:

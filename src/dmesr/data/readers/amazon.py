@@ -32,7 +32,6 @@ from dmesr.data.readers._records import (
     items_frame,
     iter_records,
     report,
-    select_fields,
 )
 from dmesr.data.schema import DatasetConfig, RawData
 from dmesr.errors import ConfigError, ErrorPolicy
@@ -200,7 +199,7 @@ def read_amazon2023(cfg: DatasetConfig, policy: ErrorPolicy) -> RawData:
 
 
 def _read(cfg: DatasetConfig, policy: ErrorPolicy, v: _Version, item_field: str) -> RawData:
-    fields = select_fields(cfg, v.texts, v.default)
+    fields = cfg.select_text_fields(list(v.texts), v.default)
     reviews_path = cfg.path("reviews")
     meta_path = cfg.path("meta")
     assert reviews_path is not None and meta_path is not None

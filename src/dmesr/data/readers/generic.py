@@ -454,16 +454,10 @@ def _text_columns(cfg: DatasetConfig, data: pa.Table, id_col: str,
                   image_col: str | None) -> list[str]:
     """cfg.text_fields, else options.text_columns, else every textual column."""
     available = [c for c in data.column_names if c not in (id_col, image_col)]
-    wanted = cfg.text_fields if cfg.text_fields is not None else cfg.options.get("text_columns")
-    if wanted is None:
-        return [c for c in available if _is_text(data[c])]
-    unknown = [c for c in wanted if c not in available]
-    if unknown:
-        raise ConfigError(
-            f"dataset '{cfg.name}': unknown text column(s) {', '.join(map(repr, unknown))}; "
-            f"available: {', '.join(available)}"
-        )
-    return list(dict.fromkeys(wanted))
+    default = cfg.options.get("text_columns")
+    if default is None:
+        default = [c for c in available if _is_text(data[c])]
+    return cfg.select_text_fields(available, list(default), noun="column")
 
 
 def _is_text(col: pa.ChunkedArray) -> bool:

@@ -31,7 +31,6 @@ from dmesr.data.readers._records import (
     items_frame,
     iter_records,
     report,
-    select_fields,
 )
 from dmesr.data.schema import DatasetConfig, RawData
 from dmesr.errors import ConfigError, ErrorPolicy
@@ -45,7 +44,7 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 def read_yelp(cfg: DatasetConfig, policy: ErrorPolicy) -> RawData:
     check_options(cfg, ["photo_labels"])
     labels = _photo_labels(cfg)
-    fields = select_fields(cfg, TEXT_FIELDS, DEFAULT_TEXT)
+    fields = cfg.select_text_fields(list(TEXT_FIELDS), DEFAULT_TEXT)
     reviews_path = cfg.path("reviews")
     business_path = cfg.path("business")
     photos_path = cfg.path("photos", required=False)

@@ -77,8 +77,8 @@ class LocalBackend(Backend):
         max_field_chars: int = 1200,
     ) -> Prompt:
         if view == "txt":
-            return templates.render(view, self.mode, domain, fields, image_path, image_sha,
-                                    max_field_chars=max_field_chars)
+            return super().make_prompt(templates, view, domain, fields, image_path, image_sha,
+                                       dep_hashes, max_field_chars)
         if view == "img":
             rule = [IMG_RULE, self.cfg.top_labels, self.cfg.min_label_prob, image_sha]
             return Prompt(view, "labels", None, "", image_path, image_sha, IMG_RULE,
