@@ -42,6 +42,23 @@ class BudgetSpent(Exception):
     pass
 
 
+def time_steps(model, trainer, train_data, n_steps: int, warmup: int = 3) -> dict:
+    """Median seconds of a RecBole training step (next batch + loss + backward + AdamW)."""
+    model.train()
+    times: list[float] = []
+    batches = iter(train_data)
+    for _ in range(n_steps + warmup):
+        t = time.perf_counter()
+        interaction = next(batches)
+        trainer.optimizer.zero_grad()
+        model.calculate_loss(interaction).backward()
+        trainer.optimizer.step()
+        times.append(time.perf_counter() - t)
+    return {"system": "recbole", "ms_per_step": 1000 * float(np.median(times[warmup:])),
+            "steps": n_steps, "train_samples": len(train_data._dataset),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-path", required=True, help="folder holding DATASET/DATASET.inter")
@@ -54,6 +71,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--budget-minutes", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time-steps", type=int, default=0,
+                    help="only time this many training steps (data loading included) and exit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -76,6 +95,9 @@ def main() -> None:
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to("cpu")
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if args.time_steps:
+        print(json.dumps(time_steps(model, trainer, train_data, args.time_steps)))
+        return
 
     epoch_times: list[float] = []
     orig_epoch = trainer._train_epoch

@@ -25,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "step_cost.json"
 VARIANTS = {
     "id": ["model.encoder.type=id"],
-    "dmesr (3 views x 64)": ["model.encoder.type=dmesr"],
-    "dmesr (3 views x 32)": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=32"],
-    "dmesr (2 views x 32, no id)": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=32",
-                                    "model.encoder.dmesr.out_views=[text, mllm]"],
+    "llmesr (2 views x 32, sequence fusion)": [
+        "model.encoder.type=dmesr", "model.encoder.dmesr.out_views=[id, text]",
+        "model.encoder.dmesr.mllm_views=[]", "model.encoder.dmesr.align_weight=0"],
+    "dmesr default (3 views x 32, item + sequence fusion)": ["model.encoder.type=dmesr"],
+    "dmesr item fusion only (3 views x 32)": ["model.encoder.type=dmesr",
+                                              "model.encoder.dmesr.sequence_fusion=[]"],
+    "dmesr 3 views x 64": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=64"],
 }
 
 
@@ -66,7 +69,7 @@ def main() -> None:
         ms = statistics.median(ts) * 1000
         rows.append({"variant": name, "ms_per_step": round(ms, 1),
                      "ratio_to_id": round(ms / (base * 1000), 2)})
-        print(f"{name:32s} {ms:8.1f} ms/step  x{ms / (base * 1000):.2f}")
+        print(f"{name:52s} {ms:8.1f} ms/step  x{ms / (base * 1000):.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
                                    "max_len": cfg.model.max_len, "threads": args.threads,

@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 
 from dmesr import __version__
+from dmesr.errors import DmesrError
+
+try:  # advisory locks; absent on Windows, where `exclusive` is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -105,3 +111,46 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock on FOLDER/.lock for the block; refuse if another process holds
+    it. The OS drops the lock when its process dies (even on SIGKILL): no stale locks."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise DmesrError(f"{folder} is in use by another process (pid {pid}); {what} "
+                             "needs it alone: wait for that process or use another folder"
+                             ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def is_locked(folder: str | Path) -> bool:
+    """True when another process holds `exclusive(folder)` right now."""
+    path = Path(folder) / LOCK_NAME
+    if fcntl is None or not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -16,7 +16,7 @@ EXP = Path(__file__).resolve().parents[2] / "configs" / "experiments"
 TINY = EXP / "grid_tiny.yaml"
 VOCABULARY = ["id", "llmesr", "mllm_concat", "dmesr", "dmesr-no_align", "dmesr-no_fusion",
               "dmesr-mllm_only", "dmesr-text_only", "dmesr-no_id", "dmesr-no_img",
-              "dmesr-no_txt", "dmesr-no_mm", "dmesr-seq_fusion"]
+              "dmesr-no_txt", "dmesr-no_mm", "dmesr-item_fusion", "dmesr-seq_fusion"]
 
 
 def test_vocabulary_has_exactly_the_spec_names() -> None:

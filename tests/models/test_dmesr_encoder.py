@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dmesr.models.dmesr import DMESRConfig, DMESREncoder, alignment_loss, masked_mean
@@ -122,7 +123,7 @@ def test_batch_scope_matches_all_scope():
 
 
 def test_sequence_fusion_is_causal_and_ignores_padding():
-    enc = _encoder(fusion="sequence", adapter_dropout=0.0).eval()
+    enc = _encoder(sequence_fusion=["text", "mllm", "id"], adapter_dropout=0.0).eval()
     seq = torch.tensor([[0, 0, 4, 7, 9, 2]])
     with torch.no_grad():
         emb = enc(seq)
@@ -134,7 +135,27 @@ def test_sequence_fusion_is_causal_and_ignores_padding():
     assert torch.allclose(out[:, :-1], out2[:, :-1], atol=1e-6)
     assert not torch.allclose(out[:, -1], out2[:, -1])
     assert torch.all(out[0, :2] == 0)
-    assert _encoder().sequence_mix(emb, seq == 0, True) is emb  # other fusions: identity
+    assert not torch.allclose(out[0, 2:], emb[0, 2:])  # every listed view is fused
+    assert _encoder(sequence_fusion=[]).sequence_mix(emb, seq == 0, True) is emb  # none
+
+
+def test_sequence_fusion_leaves_unlisted_views_alone():
+    enc = _encoder(sequence_fusion=["id", "text"], adapter_dropout=0.0).eval()
+    seq = torch.tensor([[0, 3, 4, 7]])
+    with torch.no_grad():
+        emb = enc(seq)
+        out = enc.sequence_mix(emb, seq == 0, causal=False)
+    mllm = enc.cfg.out_views.index("mllm")
+    assert torch.equal(out[:, :, mllm], emb[:, :, mllm])
+    assert not torch.allclose(out[:, 1:, enc.cfg.out_views.index("id")],
+                              emb[:, 1:, enc.cfg.out_views.index("id")])
+
+
+def test_sequence_fusion_needs_two_listed_out_views():
+    with pytest.raises(ValueError, match="sequence_fusion"):
+        _encoder(sequence_fusion=["text"])
+    with pytest.raises(ValueError, match="sequence_fusion"):
+        _encoder(out_views=["text", "mllm"], sequence_fusion=["text", "id"])
 
 
 def test_concat_baseline_uses_one_adapter_over_all_mllm_views():
@@ -144,3 +165,30 @@ def test_concat_baseline_uses_one_adapter_over_all_mllm_views():
     enc.new_step()
     enc(torch.tensor([[1, 2]])).sum().backward()
     assert all(p.grad is None for a in enc.m_adapters for p in a.parameters())
+
+
+def test_fusion_gate_starts_as_identity():
+    torch.manual_seed(0)
+    gated = _encoder(fusion_gate=True, adapter_dropout=0.0, out_views=["text", "mllm"]).eval()
+    plain = _encoder(fusion="mean", adapter_dropout=0.0, out_views=["text", "mllm"]).eval()
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    ids = torch.arange(1, N_ITEMS + 1)
+    with torch.no_grad():
+        # tanh(0) = 0: each side is LN(its own adapted views), pooled, before training
+        t, t_mask = gated._stack("t", gated.t_adapters, ids)
+        expected = masked_mean(gated.fuse_t.norm(t), t_mask)
+        assert torch.allclose(gated.fused(ids)[:, 0], expected, atol=1e-6)
+        assert not torch.allclose(gated.fused(ids)[:, 0], plain.fused(ids)[:, 0])
+
+
+def test_pca_text_init_ignores_mllm_features():
+    mllm, text = _features()
+    cfg = DMESRConfig(id_init="pca_text")
+    other = {k: (torch.randn_like(t), m) for k, (t, m) in mllm.items()}
+    encoders = []
+    for tables, c in ((mllm, cfg), (other, cfg), (other, DMESRConfig(id_init="pca"))):
+        torch.manual_seed(0)  # torch.pca_lowrank is randomised
+        encoders.append(DMESREncoder(N_ITEMS, DIM, tables, text, c))
+    a, b, c = encoders
+    assert torch.allclose(a.id_embedding.weight, b.id_embedding.weight, atol=1e-5)
+    assert not torch.allclose(b.id_embedding.weight, c.id_embedding.weight, atol=1e-5)

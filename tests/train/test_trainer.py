@@ -12,10 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from dmesr.config import load_config
-from dmesr.errors import ConfigError
+from dmesr.errors import ConfigError, DmesrError
+from dmesr.experiment.cells import Cell
+from dmesr.experiment.runner import run_cell
+from dmesr.io import exclusive, is_locked
+from dmesr.train.commands import train, train_run
 from dmesr.train.config import RunConfig
 from dmesr.train.trainer import Trainer, per_epoch_losses
 
@@ -81,6 +86,21 @@ def test_resume_refuses_another_config(tiny_dataset, tmp_path) -> None:
     fit(tiny_dataset, tmp_path / "r", epochs=1)
     with pytest.raises(ConfigError):
         fit(tiny_dataset, tmp_path / "r", epochs=1, lr=0.5)
+
+
+def test_a_run_folder_in_use_is_refused_not_shared(tiny_dataset, tmp_path) -> None:
+    out = tmp_path / "busy"
+    with exclusive(out, "test holder"):
+        assert is_locked(out)
+        with pytest.raises(DmesrError, match="in use by another process"):
+            train_run(run_config(tiny_dataset.root, epochs=1), out)
+        res = CliRunner().invoke(train, ["--out", str(out), "--overwrite", "--config", "x.yaml"])
+        assert res.exit_code != 0 and "in use" in str(res.exception)
+        assert out.is_dir()  # --overwrite did not delete a folder in use
+        cell = Cell("sasrec", "id", 1, False, (), out=out)
+        assert run_cell(cell, threads=1).status == "busy"
+    assert not is_locked(out)  # released with the holder; a killed holder releases too
+    train_run(run_config(tiny_dataset.root, epochs=1), out)
 
 
 def test_early_stopping_keeps_best_and_writes_run_dir(tiny_dataset, tmp_path) -> None:

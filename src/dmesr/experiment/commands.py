@@ -106,7 +106,7 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
     grid = load_grid(grid_file, grid_over)
     n_workers = workers or grid.workers
     grid = grid.model_copy(update={"workers": n_workers})
-    threads = threads_per_worker(n_workers)
+    threads = grid.threads or threads_per_worker(n_workers)
     all_cells = expand(grid, run_over)
     cells = select(all_cells, parse_only(only))
     if dry_run:
@@ -154,5 +154,6 @@ def _summary(results: dict[str, dict[str, Any]]) -> None:
     for key, r in failed.items():
         click.echo(f"FAILED {key}: {r.get('error', '')} (log: {r.get('log')})", err=True)
     done = sum(r["status"] == "done" for r in results.values())
-    click.echo(f"{done} run, {len(results) - done - len(failed)} already finished, "
-               f"{len(failed)} failed")
+    busy = sum(r["status"] == "busy" for r in results.values())
+    click.echo(f"{done} run, {len(results) - done - len(failed) - busy} already finished, "
+               f"{busy} running in another process, {len(failed)} failed")

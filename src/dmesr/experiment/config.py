@@ -41,6 +41,9 @@ class GridConfig(BaseModel):
     ablation_backbones: list[str] = Field(default_factory=lambda: ["sasrec"])
     seeds: list[int] = Field(default_factory=lambda: [2026])
     workers: int = Field(2, ge=1, description="parallel training processes")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per cell; None: cores // workers (set it when "
+        "other jobs share the cores: oversubscribed OpenMP threads slow every run down)")
     protocols: list[Literal["full", "sampled"]] = Field(
         default_factory=lambda: ["full", "sampled"], description="ranking protocols in tables")
     compare_to: list[str] = Field(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dmesr.experiment.cells import Cell
-from dmesr.io import read_json
+from dmesr.io import is_locked, read_json
 
 LOG_NAME = "experiment.log"
 
@@ -27,7 +27,7 @@ LOG_NAME = "experiment.log"
 @dataclass
 class CellResult:
     key: str
-    status: str  # done | skipped | failed
+    status: str  # done | skipped (finished before) | stale | busy (another process) | failed
     seconds: float = 0.0
     returncode: int | None = None
     log: str | None = None
@@ -77,6 +77,8 @@ class _Stop:
 def run_cell(cell: Cell, threads: int, stop: _Stop | None = None) -> CellResult:
     """Train one cell; stdout/stderr appended to OUT/experiment.log (kept across resumes)."""
     stop = stop or _Stop()
+    if is_locked(cell.out):  # e.g. the same grid started twice: leave it to the other one
+        return CellResult(cell.key, "busy", error="running in another process")
     cell.out.mkdir(parents=True, exist_ok=True)
     log = cell.out / LOG_NAME
     argv = cell.argv(threads)
@@ -141,6 +143,8 @@ def _line(res: CellResult) -> str:
     if res.status == "done":
         ndcg = (res.metrics or {}).get("test.full.NDCG@10", float("nan"))
         return f"done   {res.key}  test NDCG@10={ndcg:.4f}  ({res.seconds:.0f} s)"
+    if res.status == "busy":
+        return f"busy   {res.key}  {res.error}"
     return f"FAILED {res.key}  exit {res.returncode}: {res.error}  (log: {res.log})"
 
 

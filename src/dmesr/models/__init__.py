@@ -31,8 +31,7 @@ def build_encoder(cfg: ModelConfig, n_items: int,
         from dmesr.models.dmesr import build_dmesr_encoder
 
         store = resolve_path(cfg.encoder.features) if cfg.encoder.features else None
-        dim = cfg.encoder.dmesr.view_dim or cfg.hidden
-        return build_dmesr_encoder(cfg.encoder.dmesr, dim, dataset, store)
+        return build_dmesr_encoder(cfg.encoder.dmesr, cfg.view_width, dataset, store)
     raise ValueError(f"unknown encoder type '{cfg.encoder.type}'")
 
 
@@ -48,9 +47,10 @@ def build_model(
     enc = encoder if encoder is not None else build_encoder(cfg, n_items, dataset)
     common = {"loss": cfg.loss, "n_neg": cfg.n_neg}
     if cfg.backbone == "gru4rec":
-        return GRU4Rec(enc, cfg.gru_hidden, cfg.layers, cfg.dropout, **common)
+        return GRU4Rec(enc, cfg.scaled(cfg.gru_hidden), cfg.layers, cfg.dropout, **common)
     tf = {
-        "max_len": cfg.max_len, "layers": cfg.layers, "heads": cfg.heads, "inner": cfg.inner,
+        "max_len": cfg.max_len, "layers": cfg.layers, "heads": cfg.heads,
+        "inner": cfg.scaled(cfg.inner),
         "dropout": cfg.dropout, "attn_dropout": cfg.attn_dropout,
         "emb_dropout": cfg.emb_dropout, "act": cfg.act, **common,
     }

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from dmesr.errors import DmesrError
+from dmesr.models.dropout import FastDropout, attention, fast_dropout
 from dmesr.models.item_encoders import ItemEncoder
 
 if TYPE_CHECKING:
@@ -42,26 +43,43 @@ class DMESRConfig(BaseModel):
     out_views: list[OutView] = Field(default_factory=lambda: ["text", "mllm", "id"])
     view_dim: int | None = Field(
         None, ge=2, description="width of each output view (the shared backbone's width); "
-        "None: model.hidden. hidden / n_views keeps the user vector as wide as ID-only's",
+        "None: model.hidden // 2 (chosen on validation: as good as model.hidden on "
+        "ML-100K and ~half the step cost)",
     )
     adapter: Literal["linear", "mlp"] = "mlp"
     adapter_dropout: float = 0.1
-    fusion: Literal["cross_attention", "mean", "sequence", "concat"] = Field(
+    fusion: Literal["cross_attention", "mean", "concat"] = Field(
         "cross_attention",
-        description="cross_attention: item-level bidirectional fusion (DMESR); mean: no "
-        "fusion; sequence: causal cross-attention along the user sequence between the "
-        "`sequence_pair` views; concat: MLLM views concatenated into one adapter "
+        description="item-level fusion. cross_attention: bidirectional MLLM/text fusion "
+        "(DMESR); mean: no fusion; concat: MLLM views concatenated into one adapter "
         "(MLLM-concat baseline)",
     )
-    sequence_pair: tuple[OutView, OutView] = ("text", "mllm")
+    sequence_fusion: list[OutView] | Literal["all"] = Field(
+        "all",
+        description="out views fused along the user sequence (LLM-ESR style): each attends "
+        "causally to the others' sequences; 'all': every out view (when there are two or "
+        "more); [] = none. Chosen on validation: item + sequence fusion beat item-only",
+    )
     heads: int = 2
     align_weight: float = Field(0.1, ge=0.0, description="λ in L = L_rec + λ·L_align")
     temperature: float = Field(0.1, gt=0.0)
     learn_temperature: bool = False
-    align_max_items: int = Field(1024, ge=2, description="items per step in L_align")
-    id_init: Literal["pca", "random"] = "pca"
+    align_max_items: int = Field(256, ge=2, description="items per step in L_align (in-batch "
+                                 "negatives); a random subset of the step's items")
+    id_init: Literal["pca", "pca_text", "random"] = Field(
+        "pca", description="ID view init: PCA of every semantic feature, of the original "
+        "text fields only, or random")
+    fusion_gate: bool = Field(
+        False, description="scale each cross-attention update by tanh(g), g learned from 0: "
+        "fusion starts as the identity and opens only as far as it helps")
     fusion_scope: Literal["auto", "all", "batch"] = "auto"
     all_items_threshold: int = 50_000
+
+    def sequence_views(self) -> list[OutView]:
+        """The out views fused along the sequence (`sequence_fusion` resolved)."""
+        if self.sequence_fusion == "all":
+            return list(self.out_views) if len(self.out_views) >= 2 else []
+        return list(self.sequence_fusion)
 
 
 class Adapter(nn.Module):
@@ -72,10 +90,10 @@ class Adapter(nn.Module):
         if kind == "linear":
             self.net: nn.Module = nn.Linear(in_dim, dim)
         else:
-            self.net = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout),
+            self.net = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), FastDropout(dropout),
                                      nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.net(self.dropout(x)))
@@ -106,21 +124,50 @@ def alignment_loss(views: Tensor, mask: Tensor, temperature: Tensor | float) -> 
     return torch.stack(losses).mean()
 
 
-class CrossFusion(nn.Module):
-    """out = pool(LN(Q + MHA(Q, K=V=KV))) with masks; a learned null key avoids empty sets."""
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries [N, Lq, d] over keys/values [N, Lk, d] (SDPA).
+
+    `allowed` [N, 1, Lq, Lk] is True where a query may attend; dropout acts on the output.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
+        n, lq, d = q.shape
+        lk, h = kv.shape[1], self.heads
+        qh = self.q(q).view(n, lq, h, d // h).transpose(1, 2)
+        k, v = self.kv(kv).view(n, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        y = attention(qh, k, v, allowed, 0.0, self.training, fused=False)
+        return fast_dropout(self.out(y.transpose(1, 2).reshape(n, lq, d)), self.dropout,
+                            self.training)
+
+
+class CrossFusion(nn.Module):
+    """out = pool(LN(Q + MHA(Q, K=V=KV))) with masks; a learned null key avoids empty sets."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, gate: bool = False) -> None:
+        super().__init__()
+        self.attn = CrossAttention(dim, heads, dropout)
         self.norm = nn.LayerNorm(dim)
         self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.gate = nn.Parameter(torch.zeros(())) if gate else None
 
     def forward(self, q: Tensor, q_mask: Tensor, kv: Tensor, kv_mask: Tensor) -> Tensor:
         n = kv.shape[0]
         kv = torch.cat([self.null.expand(n, 1, -1), kv], dim=1)
-        kv_pad = torch.cat([kv_mask.new_zeros(n, 1), ~kv_mask], dim=1)
-        attended, _ = self.attn(q, kv, kv, key_padding_mask=kv_pad, need_weights=False)
-        fused = self.norm(q + attended)
+        allowed = torch.cat([kv_mask.new_ones(n, 1), kv_mask], dim=1)[:, None, None, :]
+        update = self.attn(q, kv, allowed)
+        if self.gate is not None:
+            update = torch.tanh(self.gate) * update
+        fused = self.norm(q + update)
         return masked_mean(fused, q_mask)
 
 
@@ -162,31 +209,36 @@ class DMESREncoder(ItemEncoder):
                                                 cfg.adapter_dropout) for k in mllm)
         self.t_adapters = nn.ModuleList(Adapter(text[k][0].shape[1], dim, cfg.adapter,
                                                 cfg.adapter_dropout) for k in text)
-        self.fuse_m = CrossFusion(dim, cfg.heads, cfg.adapter_dropout)
-        self.fuse_t = CrossFusion(dim, cfg.heads, cfg.adapter_dropout)
+        self.fuse_m = CrossFusion(dim, cfg.heads, cfg.adapter_dropout, cfg.fusion_gate)
+        self.fuse_t = CrossFusion(dim, cfg.heads, cfg.adapter_dropout, cfg.fusion_gate)
         self.concat_adapter: Adapter | None = None
         if cfg.fusion == "concat" and mllm:
             width = sum(t.shape[1] for t, _ in mllm.values())
             self.concat_adapter = Adapter(width, dim, cfg.adapter, cfg.adapter_dropout)
         self.seq_fusion: SequenceFusion | None = None
-        if cfg.fusion == "sequence":
-            missing = [v for v in cfg.sequence_pair if v not in cfg.out_views]
-            if missing:
-                raise ValueError(f"sequence_pair views {missing} are not in out_views")
-            self.seq_fusion = SequenceFusion(dim, cfg.heads, cfg.adapter_dropout)
+        seq_views = cfg.sequence_views()
+        if seq_views:
+            missing = [v for v in seq_views if v not in cfg.out_views]
+            if missing or len(set(seq_views)) < 2:
+                raise ValueError(f"sequence_fusion needs two or more distinct out views, got "
+                                 f"{seq_views} (out_views {cfg.out_views})")
+            self.seq_fusion = SequenceFusion(dim, len(seq_views), cfg.heads, cfg.adapter_dropout)
         log_t = torch.tensor(math.log(cfg.temperature))
         self.log_temperature = nn.Parameter(log_t, requires_grad=cfg.learn_temperature)
         self.id_embedding: nn.Embedding | None = None
         if "id" in cfg.out_views:
             self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
-            if cfg.id_init == "pca":
-                sem = torch.cat([t for t, _ in (*mllm.values(), *text.values())], dim=1)
+            if cfg.id_init in ("pca", "pca_text"):
+                source = [*text.values()] if cfg.id_init == "pca_text" and text else [
+                    *mllm.values(), *text.values()]
+                sem = torch.cat([t for t, _ in source], dim=1)
                 self.id_embedding.weight.data.copy_(pca_init(sem, dim))
             else:
                 nn.init.normal_(self.id_embedding.weight, std=0.02)
                 self.id_embedding.weight.data[0].zero_()
         self._cache: Tensor | None = None  # fused table of every item, see new_step
         self._align_ids: Tensor | None = None
+        self._adapted_m: tuple[Tensor, Tensor, Tensor] | None = None  # ids, views, mask
 
     # ---- frozen inputs ---------------------------------------------------------------
     def _register_tables(self, prefix: str, tables: dict[str, tuple[Tensor, Tensor]]) -> None:
@@ -214,6 +266,8 @@ class DMESREncoder(ItemEncoder):
         # concat feeds the raw MLLM tables to its own adapter; the per-view ones stay unused
         need_m = self.mllm_names and self.concat_adapter is None
         m, m_mask = self._stack("m", self.m_adapters, ids) if need_m else (None, None)
+        if m is not None and self.training:  # L_align reuses these (same dropout draw)
+            self._adapted_m = (ids, m, m_mask)
         t, t_mask = self._stack("t", self.t_adapters, ids) if self.text_names else (None, None)
         cross = self.cfg.fusion == "cross_attention" and m is not None and t is not None
         for view in self.cfg.out_views:
@@ -237,6 +291,7 @@ class DMESREncoder(ItemEncoder):
         """Called at the start of every training step: parameters changed, drop the cache."""
         self._cache = None
         self._align_ids = None
+        self._adapted_m = None
 
     def train(self, mode: bool = True) -> DMESREncoder:
         self._cache = None
@@ -257,16 +312,25 @@ class DMESREncoder(ItemEncoder):
         return self.fused(uniq)[inverse]
 
     def sequence_mix(self, emb: Tensor, pad: Tensor, causal: bool) -> Tensor:
-        """`fusion: sequence`: fuse two views along the user sequence, emb [B, L, V, d]."""
+        """`sequence_fusion`: fuse views along the user sequence, emb [B, L, V, d]."""
         if self.seq_fusion is None:
             return emb
-        ia, ib = (self.cfg.out_views.index(v) for v in self.cfg.sequence_pair)
-        a, b = self.seq_fusion(emb[:, :, ia], emb[:, :, ib], pad, causal)
-        views = list(emb.unbind(2))
-        views[ia], views[ib] = a, b
-        return torch.stack(views, 2)
+        idx = [self.cfg.out_views.index(v) for v in self.cfg.sequence_views()]
+        fused = self.seq_fusion(emb[:, :, idx], pad, causal)
+        out = emb.clone()
+        out[:, :, idx] = fused
+        return out
 
     # ---- alignment -------------------------------------------------------------------------
+    def _adapted(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Adapted MLLM views of `ids`, taken from this step's fusion when it computed them."""
+        if self._adapted_m is not None:
+            done, m, m_mask = self._adapted_m  # `done` is sorted (arange or torch.unique)
+            rows = torch.searchsorted(done, ids).clamp(max=done.numel() - 1)
+            if bool((done[rows] == ids).all()):
+                return m[rows], m_mask[rows]
+        return self._stack("m", self.m_adapters, ids)
+
     @property
     def temperature(self) -> Tensor:
         return self.log_temperature.exp()
@@ -278,42 +342,42 @@ class DMESREncoder(ItemEncoder):
         ids = ids[ids > 0]
         if ids.numel() > self.cfg.align_max_items:
             ids = ids[torch.randperm(ids.numel(), device=ids.device)[: self.cfg.align_max_items]]
-        m, m_mask = self._stack("m", self.m_adapters, ids)
+        m, m_mask = self._adapted(ids)
         return self.cfg.align_weight * alignment_loss(m, m_mask, self.temperature)
 
 
 class SequenceFusion(nn.Module):
-    """Fusion along the user sequence (`fusion: sequence`, LLM-ESR style).
+    """Fusion along the user sequence (LLM-ESR style) of V >= 2 views [N, L, V, d].
 
-    Two view sequences A, B [N, L, d] attend to each other: A' = LN(A + Attn(A, B, B)) and
-    B' = LN(B + Attn(B, A, A)). With `causal`, position t sees only positions <= t of the
-    other view, so no future item leaks into an earlier prediction.
+    View v's sequence attends to the other views' sequences: X_v' = LN_v(X_v + Attn_v(X_v,
+    X_others)). With `causal`, position t sees only positions <= t of the other views, so
+    no future item leaks into an earlier prediction; position t of every other view is
+    always visible, so no row is empty. With V = 2 this is LLM-ESR's bidirectional pair.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_views: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.a_to_b = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.b_to_a = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.norm_a = nn.LayerNorm(dim)
-        self.norm_b = nn.LayerNorm(dim)
+        self.attn = nn.ModuleList(CrossAttention(dim, heads, dropout) for _ in range(n_views))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_views))
 
     @staticmethod
-    def attn_mask(pad: Tensor, causal: bool) -> Tensor:
-        """Bool mask [N, L, L], True = blocked; the diagonal stays open so no row is empty."""
-        n, length = pad.shape
-        blocked = pad[:, None, :].expand(n, length, length).clone()
+    def allowed(pad: Tensor, causal: bool) -> Tensor:
+        """Bool [N, 1, L, L], True = may attend; the diagonal stays open."""
+        length = pad.shape[1]
+        ok = (~pad)[:, None, None, :].expand(-1, 1, length, length)
         if causal:
-            future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=pad.device), 1)
-            blocked |= future
-        blocked &= ~torch.eye(length, dtype=torch.bool, device=pad.device)
-        return blocked
+            ok = ok & torch.ones(length, length, dtype=torch.bool, device=pad.device).tril()
+        return ok | torch.eye(length, dtype=torch.bool, device=pad.device)
 
-    def forward(self, a: Tensor, b: Tensor, pad: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
-        mask = self.attn_mask(pad, causal).repeat_interleave(self.a_to_b.num_heads, dim=0)
-        a2, _ = self.a_to_b(a, b, b, attn_mask=mask, need_weights=False)
-        b2, _ = self.b_to_a(b, a, a, attn_mask=mask, need_weights=False)
-        keep = (~pad)[..., None].to(a.dtype)
-        return self.norm_a(a + a2) * keep, self.norm_b(b + b2) * keep
+    def forward(self, x: Tensor, pad: Tensor, causal: bool) -> Tensor:
+        n_views = x.shape[2]
+        allowed = self.allowed(pad, causal).repeat(1, 1, 1, n_views - 1)
+        keep = (~pad)[..., None].to(x.dtype)
+        out = []
+        for v, (attn, norm) in enumerate(zip(self.attn, self.norms, strict=True)):
+            others = torch.cat([x[:, :, u] for u in range(n_views) if u != v], dim=1)
+            out.append(norm(x[:, :, v] + attn(x[:, :, v], others, allowed)) * keep)
+        return torch.stack(out, dim=2)
 
 
 def build_dmesr_encoder(cfg: DMESRConfig, dim: int, dataset: PreparedDataset,

@@ -30,3 +30,30 @@ def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if p_q >= 1:
         return x * 0.0
     return x * (keep.to(x.dtype) * (1.0 / (1.0 - p_q)))
+
+
+class FastDropout(torch.nn.Module):
+    """`nn.Dropout` with the cheap byte mask of `fast_dropout`."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout: float,
+              training: bool, fused: bool = True) -> Tensor:
+    """Scaled dot-product attention, q [..., Lq, dh], k/v [..., Lk, dh], allowed: True = may
+    attend. Without dropout it is SDPA's fused kernel (unless `fused=False`: plain matmuls
+    are faster for many tiny attention problems on CPU); with dropout the probabilities get
+    the byte mask (SDPA would draw one bernoulli per attention weight on CPU)."""
+    if fused and (not training or dropout <= 0):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return fast_dropout(probs, dropout) @ v

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dmesr.errors import ArtifactMismatchError
+from dmesr.models.dropout import FastDropout
 
 
 class ItemEncoder(nn.Module):
@@ -139,7 +140,7 @@ class PretrainedTableEncoder(ItemEncoder):
             self.adapter = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, dim))
         else:
             raise ValueError(f"unknown adapter '{adapter}'")
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def _adapt(self, x: Tensor, ids: Tensor) -> Tensor:
         out = self.adapter(self.dropout(x))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmesr.models.dropout import fast_dropout
+from dmesr.models.dropout import attention, fast_dropout
 from dmesr.models.sequential import Backbone
 
 Norm = Literal["pre", "post"]
@@ -43,8 +43,7 @@ class Block(nn.Module):
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, d // self.heads).permute(
             2, 0, 3, 1, 4
         )
-        p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = attention(q, k, v, mask, self.attn_dropout, self.training)
         return self.out(y.transpose(1, 2).reshape(b, length, d))
 
     def _ffn(self, x: Tensor) -> Tensor:

@@ -9,13 +9,25 @@ import click
 
 
 @click.command()
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                required=False)
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="where to write (default: the grid's results_dir, else results/<dataset>)")
 @click.option("--no-plots", is_flag=True, help="tables only (no matplotlib)")
-def report(out: Path, results_dir: Path | None, no_plots: bool) -> None:
+@click.option("--headline", "headline", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="instead: print one test NDCG@10 table across these results folders")
+def report(out: Path | None, results_dir: Path | None, no_plots: bool,
+           headline: tuple[Path, ...]) -> None:
     """Write results.csv, results.md and plots for the runs under OUT (resumable grids:
     run it any time; only finished cells are included)."""
+    if headline:
+        from dmesr.report.headline import headline_table
+
+        click.echo(headline_table(list(headline)))
+        return
+    if out is None:
+        raise click.UsageError("give the experiment's run folder OUT (or --headline DIR ...)")
     from dmesr.report.build import write_report
 
     argv = ["dmesr", "report", str(out)]

@@ -9,7 +9,8 @@ import click
 
 from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
-from dmesr.io import write_json
+from dmesr.errors import DmesrError
+from dmesr.io import exclusive, is_locked, write_json
 from dmesr.train.config import DatasetRef, RunConfig
 
 
@@ -27,7 +28,8 @@ def open_dataset(ref: DatasetRef) -> PreparedDataset:
 def train_run(cfg: RunConfig, out: Path, resume: bool = True) -> dict[str, float]:
     from dmesr.train.trainer import Trainer
 
-    return Trainer(cfg, open_dataset(cfg.dataset), out).fit(resume=resume)
+    with exclusive(out, "dmesr train"):  # two trainers in one folder would corrupt it
+        return Trainer(cfg, open_dataset(cfg.dataset), out).fit(resume=resume)
 
 
 def _print_summary(metrics: dict[str, float], out: Path) -> None:
@@ -51,6 +53,8 @@ def train(configs: tuple[str, ...], out: Path, seeds: str | None, overwrite: boo
     OVERRIDES are dotted settings such as model.dropout=0.3 train.lr=0.002.
     """
     if overwrite and out.exists():
+        if any(is_locked(d) for d in (out, *out.glob("seed*"))):
+            raise DmesrError(f"{out} is in use by a running `dmesr train`; not deleting it")
         shutil.rmtree(out)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else [None]
     runs = []

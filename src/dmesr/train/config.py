@@ -51,8 +51,10 @@ class ModelConfig(_Strict):
     hidden: int = Field(64, ge=1, description="item view width d")
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    inner: int = Field(256, ge=1, description="transformer FFN width")
-    gru_hidden: int = Field(128, ge=1)
+    inner: int = Field(256, ge=1, description="transformer FFN width at width `hidden`; "
+                       "narrower item views (DMESR view_dim) scale it, keeping the ratio")
+    gru_hidden: int = Field(128, ge=1, description="GRU state width at width `hidden` "
+                            "(scaled like `inner`)")
     dropout: float = Field(0.2, ge=0, lt=1, description="hidden/residual dropout")
     attn_dropout: float = Field(0.2, ge=0, lt=1)
     emb_dropout: float | None = Field(None, description="None: same as dropout")
@@ -67,11 +69,20 @@ class ModelConfig(_Strict):
     last_ratio: float = Field(0.1, ge=0, le=1, description="BERT4Rec last-item-only share")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 
+    @property
+    def view_width(self) -> int:
+        """Width of each item view, i.e. of the shared backbone."""
+        if self.encoder.type == "dmesr":
+            return self.encoder.dmesr.view_dim or max(2, self.hidden // 2)
+        return self.hidden
+
+    def scaled(self, width: int) -> int:
+        """A backbone size given at width `hidden`, scaled to the view width."""
+        return max(1, round(width * self.view_width / self.hidden))
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        width = self.hidden
-        if self.encoder.type == "dmesr" and self.encoder.dmesr.view_dim:
-            width = self.encoder.dmesr.view_dim
+        width = self.view_width
         if self.backbone in ("sasrec", "bert4rec") and width % self.heads:
             raise ValueError(f"backbone width ({width}) must be divisible by heads ({self.heads})")
         return self
