@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dmesr.models import build_model
-from dmesr.models.dropout import fast_dropout
+from dmesr.models.dropout import attention, fast_dropout
 from dmesr.models.item_encoders import IdEncoder, MultiViewEncoder
 from dmesr.models.sequential import sample_negatives
 from dmesr.train.config import ModelConfig
@@ -23,6 +23,24 @@ def make(backbone: str, **kw) -> torch.nn.Module:
 
 def seqs() -> torch.Tensor:
     return torch.tensor([[0, 0, 3, 7, 1, 9, 4, 2], [5, 6, 7, 8, 9, 10, 11, 12]])
+
+
+def test_attention_paths_agree_and_training_dropout_keeps_the_mask() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 4) for _ in range(3))
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril().expand(3, 1, 6, 6)
+    fused = attention(q, k, v, allowed, 0.0, training=False)
+    assert torch.allclose(attention(q, k, v, allowed, 0.0, True, fused=False), fused, atol=1e-6)
+    # with dropout (training) a masked-out future key still contributes nothing
+    v_future = v.clone()
+    v_future[..., 3:, :] += 100.0
+    torch.manual_seed(1)
+    a = attention(q, k, v, allowed, 0.5, training=True)
+    torch.manual_seed(1)  # the same dropout mask
+    b = attention(q, k, v_future, allowed, 0.5, training=True)
+    assert torch.equal(a[..., :3, :], b[..., :3, :])
+    assert not torch.allclose(a[..., 3:, :], b[..., 3:, :])
+    assert not torch.allclose(a, attention(q, k, v, allowed, 0.5, training=True))  # it drops
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
