@@ -229,9 +229,8 @@ class DMESREncoder(ItemEncoder):
         if "id" in cfg.out_views:
             self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
             if cfg.id_init in ("pca", "pca_text"):
-                source = [*text.values()] if cfg.id_init == "pca_text" and text else [
-                    *mllm.values(), *text.values()]
-                sem = torch.cat([t for t, _ in source], dim=1)
+                source = text if cfg.id_init == "pca_text" and text else {**mllm, **text}
+                sem = torch.cat([t for t, _ in source.values()], dim=1)
                 self.id_embedding.weight.data.copy_(pca_init(sem, dim))
             else:
                 nn.init.normal_(self.id_embedding.weight, std=0.02)
