@@ -82,14 +82,14 @@ def summary_table(csv: Path, metrics: list[str]) -> str:
     """Mean ± std per backbone and variant, as a plain-text table."""
     import pandas as pd
 
+    from dmesr.report.collect import mean_std
+    from dmesr.report.tables import fmt
+
     df = pd.read_csv(csv)
     metrics = [m for m in metrics if m in df.columns]
-    groups = df.groupby(["backbone", "variant"], sort=False)[metrics]
-    mean, std, n = groups.mean(), groups.std(), groups.size()
     header = ["backbone", "variant", "seeds", *metrics]
-    rows = [[b, v, str(n[(b, v)]), *(
-        f"{mean.loc[(b, v), m]:.4f}" + (f" ± {std.loc[(b, v), m]:.4f}" if n[(b, v)] > 1 else "")
-        for m in metrics)] for b, v in mean.index]
+    rows = [[b, v, str(len(g)), *(fmt(*mean_std(g[m])) for m in metrics)]
+            for (b, v), g in df.groupby(["backbone", "variant"], sort=False)]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join
     out = [line(h.ljust(w) for h, w in zip(header, widths, strict=True)),

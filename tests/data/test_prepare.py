@@ -37,19 +37,24 @@ def _quiet(*_):
     return None
 
 
+def textbook_kcore(rows: list[tuple[str, str]], user_min: int, item_min: int):
+    """Iterative k-core by its textbook definition, with dicts (independent of prepare)."""
+    while True:
+        uc = collections.Counter(u for u, _ in rows)
+        ic = collections.Counter(i for _, i in rows)
+        kept = [(u, i) for u, i in rows if uc[u] >= user_min and ic[i] >= item_min]
+        if len(kept) == len(rows):
+            return rows
+        rows = kept
+
+
 def test_kcore_matches_independent_count(tiny_dataset: PreparedDataset, tmp_path: Path):
     raw = Path(tiny_dataset.manifest["sources"][0]["path"])
     with open(raw) as f:
         reader = csv.reader(f, delimiter="\t")
         next(reader)
         rows = [(u, i) for u, i, _, _ in reader]
-    while True:  # the textbook definition, with dicts
-        uc = collections.Counter(u for u, _ in rows)
-        ic = collections.Counter(i for _, i in rows)
-        kept = [(u, i) for u, i in rows if uc[u] >= 5 and ic[i] >= 2]
-        if len(kept) == len(rows):
-            break
-        rows = kept
+    rows = textbook_kcore(rows, user_min=5, item_min=2)
     stats = tiny_dataset.manifest["stats"]
     assert (stats["users"], stats["items"], stats["interactions"]) == (
         len({u for u, _ in rows}), len({i for _, i in rows}), len(rows))
@@ -321,13 +326,7 @@ def test_real_ml100k_posters_against_independent_count(shared_data: Path, tmp_pa
     root = shared_data / "ml-100k-tmdb-posters"
     with open(root / "ml-100k" / "u.data") as f:
         rows = [tuple(line.split("\t")[:2]) for line in f]
-    while True:
-        uc = collections.Counter(u for u, _ in rows)
-        ic = collections.Counter(i for _, i in rows)
-        kept = [(u, i) for u, i in rows if uc[u] >= 5 and ic[i] >= 5]
-        if len(kept) == len(rows):
-            break
-        rows = kept
+    rows = textbook_kcore(rows, user_min=5, item_min=5)
     items = {i for _, i in rows}
     with open(root / "tmdb_link_check.csv") as f:
         wrong = {r["movie_id"] for r in csv.DictReader(f) if r["likely_wrong_link"] == "True"}

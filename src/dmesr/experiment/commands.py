@@ -67,7 +67,7 @@ _CELL_FIXED = ("key", "ablation", "out", "command")
 def _dry_run(cells: list[Cell], threads: int) -> None:
     for c in cells:
         error = validate(c)
-        state = "INVALID" if error else c.status()
+        state = "INVALID" if error else "stale" if c.is_done() and stale(c) else c.status()
         click.echo(f"{state:8s} {c.key}")
         click.echo(f"         {error}" if error else f"         {shlex.join(c.argv(threads))}")
 

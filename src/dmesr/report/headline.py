@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from dmesr.errors import DmesrError
+from dmesr.report.collect import mean_std
+from dmesr.report.tables import fmt
 
 METRIC = "test_full_NDCG@10"
 
@@ -28,8 +30,8 @@ def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], float]
 
 
 def _cell(values: pd.Series, p_id: float | None, p_llmesr: float | None) -> str:
-    mean, n = values.mean(), len(values)
-    text = f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {values.std(ddof=1):.4f}"
+    mean, std, n = mean_std(values)
+    text = fmt(mean, std, n)
     marks = [f"{name} p={p:.2g}{'*' if p < 0.05 else ''}"
              for name, p in (("id", p_id), ("llmesr", p_llmesr)) if p is not None]
     seeds = "" if n == 3 else f" [{n} seed{'s' if n > 1 else ''}]"

@@ -271,8 +271,6 @@ def clean_text(value: Any, sep: str = " ") -> str | None:
     return text or None
 
 
-
-
 def check_options(cfg: DatasetConfig, allowed: Iterable[str]) -> None:
     """Unknown `options` keys are errors, so a typo never passes silently."""
     allowed = list(allowed)
