@@ -32,6 +32,11 @@ VARIANTS = {
     "dmesr item fusion only (3 views x 32)": ["model.encoder.type=dmesr",
                                               "model.encoder.dmesr.sequence_fusion=[]"],
     "dmesr 3 views x 64": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=64"],
+    "dmesr mean keys": ["model.encoder.type=dmesr", "model.encoder.dmesr.sequence_keys=mean"],
+    "dmesr 3 views x 22": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=22"],
+    "dmesr 3 views x 22, mean keys": ["model.encoder.type=dmesr",
+                                      "model.encoder.dmesr.view_dim=22",
+                                      "model.encoder.dmesr.sequence_keys=mean"],
 }
 
 

@@ -99,3 +99,15 @@ def test_finished_cells_are_skipped_and_killed_ones_resume(tmp_path) -> None:
     todo, settled = _plan(cells)
     assert settled[done.key].status == "skipped"
     assert done not in todo and killed in todo and len(todo) == len(cells) - 1
+
+
+def test_stale_ignores_options_added_after_the_run_but_not_changed_settings() -> None:
+    from dmesr.experiment.cells import _differs
+
+    saved = {"model": {"hidden": 64, "encoder": {"fusion": "cross_attention"}}}
+    added = {"model": {"hidden": 64, "encoder": {"fusion": "cross_attention",
+                                                  "sequence_keys": "concat"}}}
+    assert not _differs(saved, added)
+    assert _differs(saved, {"model": {"hidden": 32, "encoder": {"fusion": "cross_attention"}}})
+    assert _differs(saved, {"model": {"hidden": 64, "encoder": {"fusion": "mean"}}})
+    assert _differs(saved, {"model": {"hidden": 64, "encoder": {}}})  # a setting removed

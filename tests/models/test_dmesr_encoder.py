@@ -122,8 +122,10 @@ def test_batch_scope_matches_all_scope():
     assert torch.allclose(a(ids), b(ids), atol=1e-6)
 
 
-def test_sequence_fusion_is_causal_and_ignores_padding():
-    enc = _encoder(sequence_fusion=["text", "mllm", "id"], adapter_dropout=0.0).eval()
+@pytest.mark.parametrize("keys", ["concat", "mean"])
+def test_sequence_fusion_is_causal_and_ignores_padding(keys):
+    enc = _encoder(sequence_fusion=["text", "mllm", "id"], adapter_dropout=0.0,
+                   sequence_keys=keys).eval()
     seq = torch.tensor([[0, 0, 4, 7, 9, 2]])
     with torch.no_grad():
         emb = enc(seq)
@@ -137,6 +139,33 @@ def test_sequence_fusion_is_causal_and_ignores_padding():
     assert torch.all(out[0, :2] == 0)
     assert not torch.allclose(out[0, 2:], emb[0, 2:])  # every listed view is fused
     assert _encoder(sequence_fusion=[]).sequence_mix(emb, seq == 0, True) is emb  # none
+
+
+def test_sequence_mean_keys_are_the_mean_of_the_other_views():
+    """Mean keys: view v attends to one sequence, the mean of the others; for two views
+    that is the other view itself, so it equals concatenated keys exactly."""
+    from dmesr.models.dmesr import SequenceFusion
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, DIM)
+    pad = torch.tensor([[True, False, False, False, False]] * 2)
+    mean = SequenceFusion(DIM, 3, 2, 0.0, keys="mean").eval()
+    concat = SequenceFusion(DIM, 3, 2, 0.0, keys="concat").eval()
+    concat.load_state_dict(mean.state_dict())
+    view0 = SequenceFusion(DIM, 2, 2, 0.0, keys="concat").eval()  # view 0 vs one sequence
+    view0.attn[0].load_state_dict(mean.attn[0].state_dict())
+    view0.norms[0].load_state_dict(mean.norms[0].state_dict())
+    two = SequenceFusion(DIM, 2, 2, 0.0, keys="mean").eval()
+    two_concat = SequenceFusion(DIM, 2, 2, 0.0, keys="concat").eval()
+    two_concat.load_state_dict(two.state_dict())
+    with torch.no_grad():
+        y = mean(x, pad, causal=True)
+        keys = (x[:, :, 1] + x[:, :, 2]) / 2
+        alone = view0(torch.stack([x[:, :, 0], keys], dim=2), pad, causal=True)
+        assert torch.allclose(y[:, :, 0], alone[:, :, 0], atol=1e-6)
+        assert not torch.allclose(y, concat(x, pad, causal=True), atol=1e-4)
+        pair = x[:, :, :2]
+        assert torch.allclose(two(pair, pad, True), two_concat(pair, pad, True), atol=1e-6)
 
 
 def test_sequence_fusion_leaves_unlisted_views_alone():

@@ -111,6 +111,15 @@ def validate(cell: Cell) -> str | None:
     return None
 
 
+def _differs(saved: object, now: object) -> bool:
+    """True when `now` changes a setting of `saved`. Keys that `saved` lacks are options
+    added after the run; a new option must default to the old behaviour, so they count
+    as unchanged (otherwise every option added would invalidate every finished run)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return any(k not in now or _differs(v, now[k]) for k, v in saved.items())
+    return saved != now
+
+
 def stale(cell: Cell) -> bool:
     """A finished cell whose saved configuration differs from what the grid asks now
     (the variant was edited after the run): kept, but reported, never silently mixed."""
@@ -127,7 +136,7 @@ def stale(cell: Cell) -> bool:
         return False
     for section, key in RESUMABLE_CHANGES:
         data[section].pop(key, None)
-    return bool(saved != data)
+    return _differs(saved, data)
 
 
 def threads_per_worker(workers: int) -> int:

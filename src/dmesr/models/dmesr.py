@@ -60,6 +60,12 @@ class DMESRConfig(BaseModel):
         "causally to the others' sequences; 'all': every out view (when there are two or "
         "more); [] = none. Chosen on validation: item + sequence fusion beat item-only",
     )
+    sequence_keys: Literal["concat", "mean"] = Field(
+        "concat",
+        description="what a view attends to in sequence fusion: the other views' sequences "
+        "concatenated ((V-1)·L keys), or their mean (L keys: about half the cost for three "
+        "views; the same for two)",
+    )
     heads: int = 2
     align_weight: float = Field(0.1, ge=0.0, description="λ in L = L_rec + λ·L_align")
     temperature: float = Field(0.1, gt=0.0)
@@ -222,7 +228,8 @@ class DMESREncoder(ItemEncoder):
             if missing or len(set(seq_views)) < 2:
                 raise ValueError(f"sequence_fusion needs two or more distinct out views, got "
                                  f"{seq_views} (out_views {cfg.out_views})")
-            self.seq_fusion = SequenceFusion(dim, len(seq_views), cfg.heads, cfg.adapter_dropout)
+            self.seq_fusion = SequenceFusion(dim, len(seq_views), cfg.heads, cfg.adapter_dropout,
+                                             cfg.sequence_keys)
         log_t = torch.tensor(math.log(cfg.temperature))
         self.log_temperature = nn.Parameter(log_t, requires_grad=cfg.learn_temperature)
         self.id_embedding: nn.Embedding | None = None
@@ -352,10 +359,13 @@ class SequenceFusion(nn.Module):
     X_others)). With `causal`, position t sees only positions <= t of the other views, so
     no future item leaks into an earlier prediction; position t of every other view is
     always visible, so no row is empty. With V = 2 this is LLM-ESR's bidirectional pair.
+    With keys="mean", X_others is the mean of the other views (one key per position).
     """
 
-    def __init__(self, dim: int, n_views: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, n_views: int, heads: int, dropout: float,
+                 keys: Literal["concat", "mean"] = "concat") -> None:
         super().__init__()
+        self.keys = keys
         self.attn = nn.ModuleList(CrossAttention(dim, heads, dropout) for _ in range(n_views))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_views))
 
@@ -370,11 +380,18 @@ class SequenceFusion(nn.Module):
 
     def forward(self, x: Tensor, pad: Tensor, causal: bool) -> Tensor:
         n_views = x.shape[2]
-        allowed = self.allowed(pad, causal).repeat(1, 1, 1, n_views - 1)
+        allowed = self.allowed(pad, causal)
+        if self.keys == "concat":
+            allowed = allowed.repeat(1, 1, 1, n_views - 1)
+        else:
+            total = x.sum(2)
         keep = (~pad)[..., None].to(x.dtype)
         out = []
         for v, (attn, norm) in enumerate(zip(self.attn, self.norms, strict=True)):
-            others = torch.cat([x[:, :, u] for u in range(n_views) if u != v], dim=1)
+            if self.keys == "concat":
+                others = torch.cat([x[:, :, u] for u in range(n_views) if u != v], dim=1)
+            else:
+                others = (total - x[:, :, v]) / (n_views - 1)
             out.append(norm(x[:, :, v] + attn(x[:, :, v], others, allowed)) * keep)
         return torch.stack(out, dim=2)
 
