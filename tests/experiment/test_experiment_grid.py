@@ -101,13 +101,36 @@ def test_finished_cells_are_skipped_and_killed_ones_resume(tmp_path) -> None:
     assert done not in todo and killed in todo and len(todo) == len(cells) - 1
 
 
-def test_stale_ignores_options_added_after_the_run_but_not_changed_settings() -> None:
-    from dmesr.experiment.cells import _differs
+def test_stale_ignores_options_added_after_the_run_unless_a_config_sets_them() -> None:
+    from dmesr.train.trainer import _differs
 
     saved = {"model": {"hidden": 64, "encoder": {"fusion": "cross_attention"}}}
-    added = {"model": {"hidden": 64, "encoder": {"fusion": "cross_attention",
-                                                  "sequence_keys": "concat"}}}
-    assert not _differs(saved, added)
-    assert _differs(saved, {"model": {"hidden": 32, "encoder": {"fusion": "cross_attention"}}})
-    assert _differs(saved, {"model": {"hidden": 64, "encoder": {"fusion": "mean"}}})
-    assert _differs(saved, {"model": {"hidden": 64, "encoder": {}}})  # a setting removed
+    now = {"model": {"hidden": 64, "encoder": {"fusion": "cross_attention",
+                                                "sequence_keys": "concat"}}}
+    assert not _differs(saved, now, {"model": {"hidden": 64}})  # added, left at default
+    assert _differs(saved, now, {"model": {"encoder": {"sequence_keys": "concat"}}})  # set
+    assert _differs(saved, {"model": {"hidden": 32, "encoder": {"fusion": "cross_attention"}}},
+                    {})
+    assert _differs(saved, {"model": {"hidden": 64, "encoder": {"fusion": "mean"}}}, {})
+    assert _differs(saved, {"model": {"hidden": 64, "encoder": {}}}, {})  # a setting removed
+
+
+def test_stale_flags_a_finished_cell_whose_variant_was_edited(tmp_path) -> None:
+    from dmesr.config import load_config
+    from dmesr.experiment.cells import Cell, stale
+    from dmesr.io import write_json
+    from dmesr.train.config import RunConfig
+    from dmesr.train.trainer import _comparable
+
+    base = tmp_path / "base.yaml"
+    base.write_text("dataset:\n  paths:\n    prepared: data\nmodel:\n  backbone: sasrec\n")
+    cell = Cell("sasrec", "id", 2026, False, (str(base),), ("model.hidden=64",), tmp_path / "run")
+    cell.out.mkdir()
+    saved = _comparable(load_config(RunConfig, [str(base)], ["model.hidden=64"]))
+    del saved["model"]["encoder"]["dmesr"]["sequence_keys"]  # a run older than the option
+    write_json(cell.out / "run.json", {"comparable_config": saved})
+    assert not stale(cell)
+    edited = Cell("sasrec", "id", 2026, False, (str(base),),
+                  ("model.hidden=64", "model.encoder.dmesr.sequence_keys=mean"), cell.out)
+    assert stale(edited)
+    assert stale(Cell("sasrec", "id", 2026, False, (str(base),), ("model.hidden=32",), cell.out))

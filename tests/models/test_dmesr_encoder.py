@@ -221,3 +221,24 @@ def test_pca_text_init_ignores_mllm_features():
     a, b, c = encoders
     assert torch.allclose(a.id_embedding.weight, b.id_embedding.weight, atol=1e-5)
     assert not torch.allclose(b.id_embedding.weight, c.id_embedding.weight, atol=1e-5)
+
+
+def test_standardize_z_scores_present_rows_and_keeps_absent_rows_zero():
+    from dmesr.models.dmesr import standardize
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 10.0], [3.0, 10.0], [5.0, 13.0], [9.0, 9.0]])
+    present = torch.tensor([False, True, True, True, False])
+    z = standardize(table, present)
+    assert torch.allclose(z[1:4].mean(0), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(z[1:4].std(0), torch.ones(2), atol=1e-6)
+    assert torch.all(z[[0, 4]] == 0)
+
+
+def test_feature_norm_standardizes_the_encoder_inputs_only_when_asked():
+    mllm, text = _features()
+    raw = DMESREncoder(N_ITEMS, DIM, mllm, text, DMESRConfig())
+    std = DMESREncoder(N_ITEMS, DIM, mllm, text, DMESRConfig(feature_norm="standardize"))
+    assert torch.equal(raw.m0, mllm["img"][0].float())
+    present = std.m0_mask
+    assert torch.allclose(std.m0[present].mean(0), torch.zeros(12), atol=1e-5)
+    assert torch.all(std.m0[~present] == 0)

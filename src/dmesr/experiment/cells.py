@@ -111,32 +111,20 @@ def validate(cell: Cell) -> str | None:
     return None
 
 
-def _differs(saved: object, now: object) -> bool:
-    """True when `now` changes a setting of `saved`. Keys that `saved` lacks are options
-    added after the run; a new option must default to the old behaviour, so they count
-    as unchanged (otherwise every option added would invalidate every finished run)."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return any(k not in now or _differs(v, now[k]) for k, v in saved.items())
-    return saved != now
-
-
 def stale(cell: Cell) -> bool:
     """A finished cell whose saved configuration differs from what the grid asks now
     (the variant was edited after the run): kept, but reported, never silently mixed."""
     from dmesr.config import load_config
     from dmesr.io import read_json
     from dmesr.train.config import RunConfig
-    from dmesr.train.trainer import RESUMABLE_CHANGES
+    from dmesr.train.trainer import config_changed
 
     try:
         saved = read_json(cell.out / "run.json")["comparable_config"]
-        data = load_config(RunConfig, list(cell.configs), list(cell.overrides)).model_dump(
-            mode="json")
+        cfg = load_config(RunConfig, list(cell.configs), list(cell.overrides))
     except (OSError, KeyError, ValueError, DmesrError):
         return False
-    for section, key in RESUMABLE_CHANGES:
-        data[section].pop(key, None)
-    return _differs(saved, data)
+    return config_changed(saved, cfg)
 
 
 def threads_per_worker(workers: int) -> int:

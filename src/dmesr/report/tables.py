@@ -4,6 +4,7 @@ and the long-tail group tables."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -136,6 +137,14 @@ def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _relative(path: Path, cwd: str | None) -> Path:
+    """`path` relative to the working directory the commands ran in, when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path(cwd).resolve()) if cwd else Path(path)
+    except ValueError:
+        return Path(path)
+
+
 def results_markdown(exp: Experiment, df: pd.DataFrame, tests: dict[tuple[str, str, str], Test],
                      report_command: str | None, plots: list[str]) -> str:
     """`report_command` None: written by `dmesr experiment` itself (the command above)."""
@@ -153,9 +162,10 @@ def results_markdown(exp: Experiment, df: pd.DataFrame, tests: dict[tuple[str, s
     if meta.get("cwd"):
         lines.append(f"(working directory `{meta['cwd']}`)")
     lines.append("")
+    out = _relative(exp.out, meta.get("cwd"))
     lines.append(f"Report written by: `{report_command}`" if report_command else
                  f"Report written by the same command; rebuild it from the run directories "
-                 f"with `dmesr report {exp.out}`")
+                 f"with `dmesr report {out}`")
     lines += ["", "## Protocol", ""]
     lines += protocol_lines(exp, df)
     for backbone in exp.backbones():

@@ -47,6 +47,23 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     return data
 
 
+def config_changed(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether `cfg` asks for something else than the run that saved `saved`
+    (its `comparable_config`). An option added to the code after that run counts as
+    unchanged while it keeps its default (new options must default to the old behaviour)
+    and as a change once a config or override sets it."""
+    return _differs(saved, _comparable(cfg), cfg.model_dump(mode="json", exclude_unset=True))
+
+
+def _differs(saved: object, now: object, explicit: object) -> bool:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        given = explicit if isinstance(explicit, dict) else {}
+        if any(k not in saved and k in given for k in now):
+            return True
+        return any(k not in now or _differs(v, now[k], given.get(k)) for k, v in saved.items())
+    return saved != now
+
+
 class JsonlLog:
     """Append-only JSON-lines log; `truncate(offset)` drops lines after a checkpoint."""
 
@@ -113,7 +130,7 @@ class Trainer:
         cfg_path = self.out / "config.yaml"
         if resume and last.exists():
             saved = read_json(self.out / "run.json")
-            if saved["comparable_config"] != _comparable(self.cfg):
+            if config_changed(saved["comparable_config"], self.cfg):
                 raise ConfigError(
                     f"{self.out} holds a run with a different configuration; "
                     "use another --out or --overwrite"
