@@ -22,7 +22,8 @@ def _results(folder: Path, dataset: str, values: dict[str, list[float]], p: floa
     rows.append({"dataset": dataset, "backbone": "sasrec", "variant": "dmesr-no_id",
                  "seed": 2026, "kind": "ablation", "test_full_NDCG@10": 0.5})
     pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
-    tests = [{"backbone": "sasrec", "variant": "dmesr", "baseline": "id", "p": p}]
+    tests = [{"backbone": "sasrec", "variant": "dmesr", "baseline": "id", "p": p,
+              "diff": 0.2 if p < 0.05 else -0.05}]
     (folder / "significance.json").write_text(json.dumps({"tests": tests}))
     return folder
 
@@ -33,8 +34,8 @@ def test_headline_table_means_stds_and_p_values(tmp_path: Path) -> None:
     lines = headline_table([a, b]).splitlines()
     assert lines[0] == "| backbone | variant | ml | hm |"
     assert lines[2] == "| sasrec | id | 0.2000 ± 0.1000 | 0.2000 [1 seed] |"
-    assert lines[3] == ("| sasrec | dmesr | 0.4000 ± 0.1000 (id p=0.01*) | "
-                        "0.2500 (id p=0.3) [1 seed] |")
+    assert lines[3] == ("| sasrec | dmesr | 0.4000 ± 0.1000 (id p=0.01* ↑) | "
+                        "0.2500 (id p=0.3 ↓) [1 seed] |")
     assert len(lines) == 4  # ablations stay in each dataset's own report
 
 

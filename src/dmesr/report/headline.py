@@ -19,21 +19,30 @@ from dmesr.report.tables import fmt
 METRIC = "test_full_NDCG@10"
 
 
-def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], float]]:
+Test = tuple[float, float | None]  # p, mean difference variant - baseline
+
+
+def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], Test]]:
     csv, sig = folder / "results.csv", folder / "significance.json"
     if not csv.is_file():
         raise DmesrError(f"{csv}: not found; run `dmesr report` for that experiment first")
     df = pd.read_csv(csv)
     tests = json.loads(sig.read_text())["tests"] if sig.is_file() else []
-    p = {(t["backbone"], t["variant"], t["baseline"]): t["p"] for t in tests}
+    p = {(t["backbone"], t["variant"], t["baseline"]): (t["p"], t.get("diff")) for t in tests}
     return df[df["kind"] == "main"], p
 
 
-def _cell(values: pd.Series, p_id: float | None, p_llmesr: float | None) -> str:
+def _mark(name: str, test: Test) -> str:
+    """'id p=0.01* ↑': p, * below 0.05, and whether the variant is better (↑) or worse."""
+    p, diff = test
+    arrow = "" if diff is None or diff == 0 else " ↑" if diff > 0 else " ↓"
+    return f"{name} p={p:.2g}{'*' if p < 0.05 else ''}{arrow}"
+
+
+def _cell(values: pd.Series, p_id: Test | None, p_llmesr: Test | None) -> str:
     mean, std, n = mean_std(values)
     text = fmt(mean, std, n)
-    marks = [f"{name} p={p:.2g}{'*' if p < 0.05 else ''}"
-             for name, p in (("id", p_id), ("llmesr", p_llmesr)) if p is not None]
+    marks = [_mark(name, t) for name, t in (("id", p_id), ("llmesr", p_llmesr)) if t is not None]
     seeds = "" if n == 3 else f" [{n} seed{'s' if n > 1 else ''}]"
     return text + (f" ({'; '.join(marks)})" if marks else "") + seeds
 
