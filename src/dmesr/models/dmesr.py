@@ -82,8 +82,9 @@ class DMESRConfig(BaseModel):
         "none", description="standardize: z-score every frozen feature dimension over the "
         "catalogue before the adapters. Sentence embeddings are anisotropic (all items "
         "share most of their vector), so adapters first map every item to nearly the same "
-        "view; BERT4Rec's cloze objective then stalls near the uniform loss (chosen for "
-        "BERT4Rec on validation; SASRec/GRU4Rec defaults were chosen without it)")
+        "view, and BERT4Rec's cloze objective stalls near the uniform loss. Measured: it "
+        "lifts BERT4Rec-DMESR's valid NDCG@10 from 0.059 to 0.070, still far below ID-only, "
+        "so it is off by default (see docs/training.md)")
     fusion_scope: Literal["auto", "all", "batch"] = "auto"
     all_items_threshold: int = 50_000
 
