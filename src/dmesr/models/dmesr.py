@@ -400,18 +400,16 @@ class SequenceFusion(nn.Module):
     def forward(self, x: Tensor, pad: Tensor, causal: bool) -> Tensor:
         n_views = x.shape[2]
         allowed = self.allowed(pad, causal)
-        if self.keys == "concat":
+        if self.keys == "concat":  # view v attends to the others' sequences, one after another
             allowed = allowed.repeat(1, 1, 1, n_views - 1)
-        else:
+            keys = [torch.cat([x[:, :, u] for u in range(n_views) if u != v], dim=1)
+                    for v in range(n_views)]
+        else:  # to their mean: one key per position
             total = x.sum(2)
+            keys = [(total - x[:, :, v]) / (n_views - 1) for v in range(n_views)]
         keep = (~pad)[..., None].to(x.dtype)
-        out = []
-        for v, (attn, norm) in enumerate(zip(self.attn, self.norms, strict=True)):
-            if self.keys == "concat":
-                others = torch.cat([x[:, :, u] for u in range(n_views) if u != v], dim=1)
-            else:
-                others = (total - x[:, :, v]) / (n_views - 1)
-            out.append(norm(x[:, :, v] + attn(x[:, :, v], others, allowed)) * keep)
+        out = [norm(x[:, :, v] + attn(x[:, :, v], keys[v], allowed)) * keep
+               for v, (attn, norm) in enumerate(zip(self.attn, self.norms, strict=True))]
         return torch.stack(out, dim=2)
 
 

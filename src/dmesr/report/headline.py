@@ -19,10 +19,10 @@ from dmesr.report.tables import fmt
 METRIC = "test_full_NDCG@10"
 
 
-Test = tuple[float, float | None]  # p, mean difference variant - baseline
+PDiff = tuple[float, float | None]  # p, mean difference variant - baseline
 
 
-def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], Test]]:
+def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], PDiff]]:
     csv, sig = folder / "results.csv", folder / "significance.json"
     if not csv.is_file():
         raise DmesrError(f"{csv}: not found; run `dmesr report` for that experiment first")
@@ -32,14 +32,14 @@ def _load(folder: Path) -> tuple[pd.DataFrame, dict[tuple[str, str, str], Test]]
     return df[df["kind"] == "main"], p
 
 
-def _mark(name: str, test: Test) -> str:
+def _mark(name: str, test: PDiff) -> str:
     """'id p=0.01* ↑': p, * below 0.05, and whether the variant is better (↑) or worse."""
     p, diff = test
     arrow = "" if diff is None or diff == 0 else " ↑" if diff > 0 else " ↓"
     return f"{name} p={p:.2g}{'*' if p < 0.05 else ''}{arrow}"
 
 
-def _cell(values: pd.Series, p_id: Test | None, p_llmesr: Test | None) -> str:
+def _cell(values: pd.Series, p_id: PDiff | None, p_llmesr: PDiff | None) -> str:
     mean, std, n = mean_std(values)
     text = fmt(mean, std, n)
     marks = [_mark(name, t) for name, t in (("id", p_id), ("llmesr", p_llmesr)) if t is not None]
