@@ -31,6 +31,12 @@ VARIANTS = {
     "dmesr default (3 views x 32, item + sequence fusion)": ["model.encoder.type=dmesr"],
     "dmesr item fusion only (3 views x 32)": ["model.encoder.type=dmesr",
                                               "model.encoder.dmesr.sequence_fusion=[]"],
+    "dmesr no fusion (adapters, 3 views x 32)": [
+        "model.encoder.type=dmesr", "model.encoder.dmesr.fusion=mean",
+        "model.encoder.dmesr.sequence_fusion=[]"],
+    "dmesr no fusion, no align": [
+        "model.encoder.type=dmesr", "model.encoder.dmesr.fusion=mean",
+        "model.encoder.dmesr.sequence_fusion=[]", "model.encoder.dmesr.align_weight=0"],
     "dmesr 3 views x 64": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=64"],
     "dmesr mean keys": ["model.encoder.type=dmesr", "model.encoder.dmesr.sequence_keys=mean"],
     "dmesr 3 views x 22": ["model.encoder.type=dmesr", "model.encoder.dmesr.view_dim=22"],
@@ -43,21 +49,28 @@ VARIANTS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset with features")
-    parser.add_argument("--config", default=str(REPO / "configs/experiments/sasrec_ml100k.yaml"))
+    parser.add_argument("--config", nargs="+",
+                        default=[str(REPO / "configs/experiments/sasrec_ml100k.yaml")])
+    parser.add_argument("--set", nargs="*", default=[], help="dotted overrides for every variant")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="variants whose name starts with one of these "
+                        "(id is always run: the ratios are to it)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    variants = {n: o for n, o in VARIANTS.items()
+                if n == "id" or not args.only or any(n.startswith(p) for p in args.only)}
     torch.set_num_threads(args.threads)
     ds = PreparedDataset(args.data)
     models, opts, cfg = {}, {}, None
-    for name, over in VARIANTS.items():
-        cfg = load_config(RunConfig, [args.config], over)
+    for name, over in variants.items():
+        cfg = load_config(RunConfig, args.config, [*args.set, *over])
         torch.manual_seed(0)
         models[name] = build_model(cfg.model, ds.n_items, dataset=ds).train()
         opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-3)
     seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))
     bs = cfg.train.batch_size
-    times: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    times: dict[str, list[float]] = {n: [] for n in variants}
     for step in range(args.steps + 3):
         batch_rows = torch.randint(0, seqs.shape[0], (bs,), generator=torch.Generator().manual_seed(step))
         for name, model in models.items():
@@ -75,11 +88,11 @@ def main() -> None:
         rows.append({"variant": name, "ms_per_step": round(ms, 1),
                      "ratio_to_id": round(ms / (base * 1000), 2)})
         print(f"{name:52s} {ms:8.1f} ms/step  x{ms / (base * 1000):.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
                                    "max_len": cfg.model.max_len, "threads": args.threads,
                                    "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -124,13 +124,40 @@ def test_stale_flags_a_finished_cell_whose_variant_was_edited(tmp_path) -> None:
 
     base = tmp_path / "base.yaml"
     base.write_text("dataset:\n  paths:\n    prepared: data\nmodel:\n  backbone: sasrec\n")
-    cell = Cell("sasrec", "id", 2026, False, (str(base),), ("model.hidden=64",), tmp_path / "run")
+    dmesr = ("model.hidden=64", "model.encoder.type=dmesr")
+    cell = Cell("sasrec", "dmesr", 2026, False, (str(base),), dmesr, tmp_path / "run")
     cell.out.mkdir()
-    saved = _comparable(load_config(RunConfig, [str(base)], ["model.hidden=64"]))
+    saved = _comparable(load_config(RunConfig, [str(base)], list(dmesr)))
     del saved["model"]["encoder"]["dmesr"]["sequence_keys"]  # a run older than the option
     write_json(cell.out / "run.json", {"comparable_config": saved})
     assert not stale(cell)
-    edited = Cell("sasrec", "id", 2026, False, (str(base),),
-                  ("model.hidden=64", "model.encoder.dmesr.sequence_keys=mean"), cell.out)
+    edited = Cell("sasrec", "dmesr", 2026, False, (str(base),),
+                  (*dmesr, "model.encoder.dmesr.sequence_keys=mean"), cell.out)
     assert stale(edited)
-    assert stale(Cell("sasrec", "id", 2026, False, (str(base),), ("model.hidden=32",), cell.out))
+    assert stale(Cell("sasrec", "dmesr", 2026, False, (str(base),),
+                      ("model.hidden=32", "model.encoder.type=dmesr"), cell.out))
+
+
+def test_dmesr_settings_do_not_make_an_id_only_run_stale(tmp_path) -> None:
+    """A backbone file may set DMESR options for its DMESR variants; the ID-only cells that
+    read the same file are not changed by them."""
+    from dmesr.config import load_config
+    from dmesr.experiment.cells import Cell, stale
+    from dmesr.io import write_json
+    from dmesr.train.config import RunConfig
+    from dmesr.train.trainer import _comparable
+
+    base = tmp_path / "base.yaml"
+    base.write_text("dataset:\n  paths:\n    prepared: data\nmodel:\n  backbone: sasrec\n")
+    cell = Cell("sasrec", "id", 2026, False, (str(base),), ("model.hidden=64",), tmp_path / "run")
+    cell.out.mkdir()
+    # a run.json from before irrelevant settings were dropped: it still holds them
+    cfg = load_config(RunConfig, [str(base)], ["model.hidden=64"])
+    saved = _comparable(cfg)
+    saved["model"]["encoder"]["dmesr"] = cfg.model.encoder.dmesr.model_dump(mode="json")
+    write_json(cell.out / "run.json", {"comparable_config": saved})
+    edited = Cell("sasrec", "id", 2026, False, (str(base),),
+                  ("model.hidden=64", "model.encoder.dmesr.sequence_fusion=[]"), cell.out)
+    assert not stale(edited)
+    assert stale(Cell("sasrec", "id", 2026, False, (str(base),),
+                      ("model.hidden=64", "model.encoder.type=dmesr"), cell.out))

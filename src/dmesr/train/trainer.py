@@ -44,6 +44,16 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
     for section, key in RESUMABLE_CHANGES:
         data[section].pop(key, None)
+    return _relevant(data)
+
+
+def _relevant(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the DMESR settings of a run whose encoder is not DMESR: they do not
+    change that run, so a backbone file that sets one must not make its ID-only runs stale."""
+    encoder = data.get("model", {}).get("encoder", {})
+    if isinstance(encoder, dict) and encoder.get("type") != "dmesr" and "dmesr" in encoder:
+        data = {**data, "model": {**data["model"],
+                                  "encoder": {k: v for k, v in encoder.items() if k != "dmesr"}}}
     return data
 
 
@@ -52,7 +62,8 @@ def config_changed(saved: dict[str, Any], cfg: RunConfig) -> bool:
     (its `comparable_config`). An option added to the code after that run counts as
     unchanged while it keeps its default (new options must default to the old behaviour)
     and as a change once a config or override sets it."""
-    return _differs(saved, _comparable(cfg), cfg.model_dump(mode="json", exclude_unset=True))
+    return _differs(_relevant(saved), _comparable(cfg),
+                    cfg.model_dump(mode="json", exclude_unset=True))
 
 
 def _differs(saved: object, now: object, explicit: object) -> bool:
