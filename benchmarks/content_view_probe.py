@@ -20,6 +20,7 @@ from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
 from dmesr.models import build_model
 from dmesr.train.config import RunConfig
+from dmesr.train.trainer import train_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "content_view_probe.json"
@@ -42,7 +43,7 @@ def main() -> None:
     model = build_model(cfg.model, ds.n_items, dataset=ds).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             weight_decay=cfg.train.weight_decay)
-    seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))
+    seqs = train_sequences(ds, cfg.model.max_len)
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(args.steps):

@@ -23,6 +23,7 @@ from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
 from dmesr.models import build_model
 from dmesr.train.config import RunConfig
+from dmesr.train.trainer import train_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "configs/experiments/base_ml100k_posters.yaml",
@@ -30,14 +31,15 @@ CONFIGS = [REPO / "configs/experiments/base_ml100k_posters.yaml",
 
 
 def slot_cosine(views: Tensor, pos: Tensor, masked: Tensor) -> float:
-    """Mean pairwise cosine of the [MASK] slots of each user, positions added. views [B, L, d]."""
-    sims = []
-    for u in range(views.shape[0]):
-        slots = F.normalize(views[u][masked[u]] + pos[masked[u]], dim=-1)
-        k = slots.shape[0]
-        if k >= 2:
-            sims.append(((slots @ slots.T).sum() - k) / (k * k - k))
-    return float(torch.stack(sims).mean())
+    """Mean pairwise cosine of each user's [MASK] slots, positions added; views [B, L, d].
+
+    For unit vectors z_1..z_k the pairwise cosines sum to |Σ z|² - k, so no loop over users.
+    """
+    z = F.normalize(views + pos, dim=-1) * masked[..., None]
+    k = masked.sum(1).to(views.dtype)
+    pairs = k >= 2
+    sums = z.sum(1).pow(2).sum(-1) - k
+    return float((sums[pairs] / (k[pairs] * (k[pairs] - 1))).mean())
 
 
 def main() -> None:
@@ -50,7 +52,7 @@ def main() -> None:
     cfg = load_config(RunConfig, [str(c) for c in CONFIGS],
                       ["model.encoder.type=dmesr", "model.encoder.dmesr.sequence_fusion=all"])
     model = build_model(cfg.model, ds.n_items, dataset=ds).eval()
-    seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))[: args.users]
+    seqs = train_sequences(ds, cfg.model.max_len)[: args.users]
     seq = model.train_batch(seqs)["seq"]
     masked = seq == model.encoder.mask_id
     items = (seq > 0) & ~masked

@@ -20,6 +20,7 @@ from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
 from dmesr.models import build_model
 from dmesr.train.config import RunConfig
+from dmesr.train.trainer import train_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "step_cost.json"
@@ -68,7 +69,7 @@ def main() -> None:
         torch.manual_seed(0)
         models[name] = build_model(cfg.model, ds.n_items, dataset=ds).train()
         opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-3)
-    seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))
+    seqs = train_sequences(ds, cfg.model.max_len)
     bs = cfg.train.batch_size
     times: dict[str, list[float]] = {n: [] for n in variants}
     for step in range(args.steps + 3):

@@ -38,6 +38,7 @@ def dmesr_steps(model_name: str, prepared: Path, batch: int, n_steps: int, threa
     from dmesr.data.dataset import PreparedDataset
     from dmesr.models import build_model
     from dmesr.train.config import RunConfig
+    from dmesr.train.trainer import train_sequences
 
     torch.set_num_threads(threads)
     cfg = load_config(RunConfig, [REPO / "configs" / "experiments" / f"{MODELS[model_name]}_ml100k.yaml"],
@@ -46,7 +47,7 @@ def dmesr_steps(model_name: str, prepared: Path, batch: int, n_steps: int, threa
     torch.manual_seed(0)
     model = build_model(cfg.model, ds.n_items, dataset=ds).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    seqs = torch.from_numpy(ds.split("train").padded(cfg.model.max_len + 1))
+    seqs = train_sequences(ds, cfg.model.max_len)
     order = torch.randperm(seqs.shape[0])
     times, targets = [], []
     for step in range(n_steps + warmup):

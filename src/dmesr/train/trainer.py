@@ -40,6 +40,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def train_sequences(dataset: PreparedDataset, max_len: int) -> torch.Tensor:
+    """Every user's training sequence, left-padded to [n_users, max_len + 1]: the rows
+    that `train_batch` turns into inputs and next-item targets."""
+    return torch.from_numpy(dataset.split("train").padded(max_len + 1))
+
+
 def _comparable(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
     for section, key in RESUMABLE_CHANGES:
@@ -125,7 +131,7 @@ class Trainer:
             )
             if self.model.trainable else None
         )
-        self.train_seqs = torch.from_numpy(dataset.split("train").padded(cfg.model.max_len + 1))
+        self.train_seqs = train_sequences(dataset, cfg.model.max_len)
         self.valid = load_eval_split(dataset, "valid", cfg.model.max_len)
         self.state: dict[str, Any] = {
             "epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_evals": 0,
