@@ -62,9 +62,10 @@ def run_recbole(args: argparse.Namespace, model: str, seed: int, data: Path) -> 
            "--seed", str(seed), "--max-len", str(args.recbole_max_len),
            "--batch-size", str(args.batch_size), "--budget-minutes", str(args.budget_minutes),
            "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=data)
+    # stderr is not captured: the worker's per-epoch progress lines reach the terminal
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=data)
     if res.returncode != 0:
-        raise RuntimeError(f"RecBole {model} seed {seed} failed:\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"RecBole {model} seed {seed} failed (its error is printed above)")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +92,20 @@ def run_dmesr(args: argparse.Namespace, model: str, seed: int) -> dict:
     }
 
 
+def budget_of(path: Path) -> float:
+    return float(path.stem.rsplit("_b", 1)[1])
+
+
+def cached_run(work: Path, system: str, model: str, seed: int, budget: float) -> Path | None:
+    """The cached run at `budget`, else the one with the longest budget (a RecBole run
+    that needs hours may exist only at a shorter budget; its row then says so)."""
+    exact = work / f"{system}_{model}_seed{seed}_b{budget}.json"
+    if exact.exists():
+        return exact
+    found = sorted(work.glob(f"{system}_{model}_seed{seed}_b*.json"), key=budget_of)
+    return found[-1] if found else None
+
+
 def cached(path: Path, fn, *a) -> dict:
     if path.exists():
         return json.loads(path.read_text())
@@ -111,6 +126,7 @@ def aggregate(runs: list[dict]) -> dict:
         row[key] = float(values.mean())
         row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     row["stopped"] = sorted({str(r.get("stopped")) for r in runs})
+    row["budget_minutes"] = sorted({r["budget_minutes"] for r in runs})
     return row
 
 
@@ -118,14 +134,16 @@ def print_table(rows: list[dict], budget: float) -> None:
     print(f"ML-100K leave-one-out, full ranking (history excluded); per-run budget "
           f"{budget} min; mean ± std over seeds")
     head = (f"{'system':8} {'model':9} {'seeds':>5} {'NDCG@10':>16} {'HR@10':>16} "
-            f"{'s/epoch':>8} {'epochs':>7} {'best ep':>7} {'t→best s':>9} {'RSS MB':>7}  stopped")
+            f"{'s/epoch':>8} {'epochs':>7} {'best ep':>7} {'t→best s':>9} {'RSS MB':>7} "
+            f"{'budget':>7}  stopped")
     print(head)
     for r in rows:
         print(f"{r['system']:8} {r['model']:9} {r['seeds']:>5} "
               f"{r['test_full_NDCG@10']:.4f} ± {r['test_full_NDCG@10_std']:.4f} "
               f"{r['test_full_HR@10']:.4f} ± {r['test_full_HR@10_std']:.4f} "
               f"{r['s_per_epoch']:8.2f} {r['epochs']:7.1f} {r['best_epoch']:7.1f} "
-              f"{r['time_to_best_s']:9.1f} {r['peak_rss_mb']:7.0f}  {', '.join(r['stopped'])}")
+              f"{r['time_to_best_s']:9.1f} {r['peak_rss_mb']:7.0f} "
+              f"{'/'.join(f'{b:g}' for b in r['budget_minutes']):>7}  {', '.join(r['stopped'])}")
 
 
 def main() -> None:
@@ -145,7 +163,8 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[],
                     help="free-text caveat stored in the JSON (repeatable)")
     ap.add_argument("--cached-only", action="store_true",
-                    help="only tabulate runs already cached (run nothing)")
+                    help="only tabulate cached runs (run nothing); a run missing at this budget "
+                         "falls back to its longest cached budget")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
@@ -164,14 +183,16 @@ def main() -> None:
         for system in systems:
             runs = []
             for seed in (int(s) for s in args.seeds.split(",")):
-                tag = f"b{args.budget_minutes}"
-                path = work / f"{system}_{model}_seed{seed}_{tag}.json"
-                if args.cached_only and not path.exists():
-                    continue
+                path = work / f"{system}_{model}_seed{seed}_b{args.budget_minutes}.json"
+                if args.cached_only:
+                    path = cached_run(work, system, model, seed, args.budget_minutes)
+                    if path is None:
+                        continue
                 if system == "recbole":
                     runs.append(cached(path, run_recbole, args, model, seed, data))
                 else:
                     runs.append(cached(path, run_dmesr, args, model, seed))
+                runs[-1]["budget_minutes"] = budget_of(path)
                 print(f"  {system} {model} seed {seed}: NDCG@10 "
                       f"{runs[-1]['test_full_NDCG@10']:.4f}", flush=True)
             if runs:

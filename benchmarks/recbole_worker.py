@@ -116,7 +116,13 @@ def main() -> None:
         if valid_score > best["score"]:
             best.update(score=valid_score, state=copy.deepcopy(model.state_dict()),
                         time=time.perf_counter() - t_fit, epoch=epoch_idx + 1)
-        if time.perf_counter() - t_fit > 60 * args.budget_minutes:
+        elapsed = time.perf_counter() - t_fit
+        # stderr streams through compare_recbole.py: a multi-hour run shows its progress
+        print(f"[recbole {args.model} seed {args.seed}] epoch {epoch_idx + 1}: valid NDCG@10 "
+              f"{valid_score:.4f} (best {best['score']:.4f} @ {best['epoch']}), "
+              f"{epoch_times[-1]:.0f} s/epoch, {elapsed / 60:.1f} of "
+              f"{args.budget_minutes:g} min", file=sys.stderr, flush=True)
+        if elapsed > 60 * args.budget_minutes:
             raise BudgetSpent
 
     stopped = "early stopping or max epochs"

@@ -7,6 +7,7 @@ imported only when invoked, so `dmesr --help` stays fast.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
@@ -51,12 +52,26 @@ def cli() -> None:
     """dmesr: multimodal sequential recommendation enhanced by multimodal LLMs."""
 
 
+INTERRUPTED = ("interrupted: finished work is kept (caches, checkpoints, finished cells); "
+               "rerun the same command to continue")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler, a job's time limit), raised like Ctrl-C so that
+    `finally` blocks run: caches are flushed and temporary files removed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="dmesr", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(128 + signal.SIGTERM if isinstance(exc.__cause__, Terminated) else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,3 +63,41 @@ def test_kill_9_mid_run_keeps_completed_work(tmp_path, servers):
     assert sum(r["status"] == "ok" for r in final.records.values()) == n
     desc = pd.read_parquet(cfg.cache_root(ds.root) / DESCRIPTIONS)
     assert len(desc) == n and desc["item"].is_unique
+
+
+def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
+    """`kill` (SIGTERM) on `dmesr enhance`: exit 143 with a message saying how to go on,
+    every finished answer kept, and the rerun sends only the rest."""
+    n = 150
+    ds = make_prepared(tmp_path / "data", n_items=n, with_image=[False] * n)
+    s = servers(delay_s=0.03)
+    section = {"backend": "openai", "cache_dir": str(tmp_path / "cache"), "fsync_every": 5,
+               "openai": {"base_urls": [s.base_url], "concurrency": 4}}
+    config = tmp_path / "enhance.yaml"
+    config.write_text(json.dumps({"enhance": section}))  # JSON is YAML
+    path = cache_path(EnhanceConfig.model_validate(section).cache_root(ds.root), "txt")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(ds.root), "--config",
+         str(config), "--views", "txt", "--no-progress"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (path.exists() and path.read_bytes().count(b"\n") >= 30):
+            assert child.poll() is None, "the child ended before it could be stopped"
+            assert time.monotonic() < deadline, "no progress within 60 s"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM
+    assert "interrupted" in err and "rerun the same command" in err
+    kept = read_cache(path)
+    assert kept.bad_lines == 0
+    done = sum(r["status"] == "ok" for r in kept.records.values())
+    assert 30 <= done < n
+    sent_before = len(s.requests)
+    cfg = EnhanceConfig.model_validate(section)
+    summary = run_enhance(ds.root, cfg, views=["txt"], progress=False, log=lambda m: None)
+    assert summary.sent["txt"] == len(s.requests) - sent_before == n - done

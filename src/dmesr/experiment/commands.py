@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
 from typing import Any
 
@@ -121,9 +120,8 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
                f"{sum(r.status in ('skipped', 'stale') for r in settled.values())} finished, "
                f"{sum(r.status == 'failed' for r in settled.values())} invalid; "
                f"{n_workers} workers × {threads} threads")
-    # SIGTERM (a scheduler, `kill`) stops the grid like Ctrl-C: running cells are
-    # terminated instead of being orphaned; each resumes from its checkpoint next time.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM arrives as KeyboardInterrupt (dmesr.cli.main): running cells are terminated
+    # instead of being orphaned; each resumes from its checkpoint next time.
     for res in run_cells(todo, n_workers, threads, progress=not no_progress, echo=click.echo):
         results[res.key] = res.as_dict()
     _write_meta(grid, command, all_cells, results, threads)
@@ -139,10 +137,6 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
             click.echo(f"no report: {exc}", err=True)
     if any(r["status"] == "failed" for r in results.values()):
         sys.exit(1)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _summary(results: dict[str, dict[str, Any]]) -> None:
