@@ -56,8 +56,14 @@ def recbole_available(python: str) -> bool:
     return res.returncode == 0
 
 
+def state_file(model: str, seed: int, budget: float) -> Path:
+    """The worker's resume file: a RecBole run of hours spans sittings (deleted when done)."""
+    return RESULTS / "compare_recbole_runs" / f"recbole_{model}_seed{seed}_b{budget}.state.npz"
+
+
 def run_recbole(args: argparse.Namespace, model: str, seed: int, data: Path) -> dict:
     cmd = [args.recbole_python, str(REPO / "benchmarks" / "recbole_worker.py"),
+           "--state", str(state_file(model, seed, args.budget_minutes)),
            "--data-path", str(data), "--dataset", "dmesr_ml100k", "--model", model,
            "--seed", str(seed), "--max-len", str(args.recbole_max_len),
            "--batch-size", str(args.batch_size), "--budget-minutes", str(args.budget_minutes),
@@ -190,6 +196,7 @@ def main() -> None:
                         continue
                 if system == "recbole":
                     runs.append(cached(path, run_recbole, args, model, seed, data))
+                    state_file(model, seed, args.budget_minutes).unlink(missing_ok=True)
                 else:
                     runs.append(cached(path, run_dmesr, args, model, seed))
                 runs[-1]["budget_minutes"] = budget_of(path)
