@@ -61,10 +61,10 @@ def save_state(path: Path, header: dict, model, best_state: dict | None, optimiz
         arrays |= {f"opt/{idx}/{k}": torch.as_tensor(v).cpu().numpy() for k, v in slots.items()}
     arrays["rng/torch"] = torch.get_rng_state().numpy()
     arrays["rng/loader"] = loader_generator.get_state().numpy()
-    np_state = np.random.get_state()
+    np_state, py_state = np.random.get_state(), random.getstate()
     header = {**header, "version": STATE_VERSION, "param_groups": opt["param_groups"],
               "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-              "rng_python": [random.getstate()[0], list(random.getstate()[1]), None]}
+              "rng_python": [py_state[0], list(py_state[1]), py_state[2]]}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
