@@ -174,7 +174,7 @@ def main() -> None:
     best = {"score": -1.0, "state": None, "time": 0.0, "epoch": 0}
     run = {k: getattr(args, k) for k in ("dataset", "model", "seed", "max_len", "batch_size",
                                          "patience", "budget_minutes")}
-    spent, sittings, stopped = 0.0, 1, "early stopping or max epochs"
+    spent, sittings, stopped = 0.0, 1, None  # stopped: set by a resumed finished run
     if args.state is not None and args.state.exists():
         header, best_state = load_state(args.state, run, model, trainer.optimizer,
                                         train_data.generator)
@@ -218,6 +218,8 @@ def main() -> None:
                     callback_fn=callback)
     except BudgetSpent:
         stopped = budget_note
+    if stopped is None:
+        stopped = "early stopping" if trainer.cur_step > trainer.stopping_step else "max epochs"
     model.load_state_dict(best["state"])
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     print(json.dumps({
