@@ -8,9 +8,10 @@ interaction's position in the user's prepared sequence, so RecBole's leave-one-o
 (order TO, group_by user) holds out exactly our valid and test items. Both systems rank
 all items with the user's history excluded. Each (system, model, seed) runs in its own
 process (so peak RSS is per run) under the same per-run time budget; results are cached
-per run in benchmarks/results/compare_recbole_runs/ so the script can be resumed.
+per run in benchmarks/results/compare_recbole_runs/ so the script can be resumed, and a
+RecBole run itself resumes from its per-epoch state (recbole_worker.py --state).
 
-    python benchmarks/compare_recbole.py --budget-minutes 10 --seeds 2026,2027,2028
+    python benchmarks/compare_recbole.py --budget-minutes 140 --seeds 2026,2027,2028 --threads 1
 """
 
 from __future__ import annotations
