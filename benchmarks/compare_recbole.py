@@ -27,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+WORK = RESULTS / "compare_recbole_runs"  # one cached JSON (and state) per run
 MODELS = {"SASRec": "sasrec", "BERT4Rec": "bert4rec", "GRU4Rec": "gru4rec"}
 
 
@@ -57,9 +58,14 @@ def recbole_available(python: str) -> bool:
     return res.returncode == 0
 
 
+def run_path(system: str, model: str, seed: int, budget: float | str, work: Path = WORK) -> Path:
+    """Where one run's result is cached (`budget` "*" gives the glob over budgets)."""
+    return work / f"{system}_{model}_seed{seed}_b{budget}.json"
+
+
 def state_file(model: str, seed: int, budget: float) -> Path:
     """The worker's resume file: a RecBole run of hours spans sittings (deleted when done)."""
-    return RESULTS / "compare_recbole_runs" / f"recbole_{model}_seed{seed}_b{budget}.state.npz"
+    return run_path("recbole", model, seed, budget).with_suffix(".state.npz")
 
 
 def run_recbole(args: argparse.Namespace, model: str, seed: int, data: Path) -> dict:
@@ -77,7 +83,7 @@ def run_recbole(args: argparse.Namespace, model: str, seed: int, data: Path) -> 
 
 
 def run_dmesr(args: argparse.Namespace, model: str, seed: int) -> dict:
-    out = RESULTS / "compare_recbole_runs" / "dmesr" / model / f"seed{seed}"
+    out = WORK / "dmesr" / model / f"seed{seed}"
     cmd = [sys.executable, "-m", "dmesr.cli", "train", "--config",
            str(REPO / "configs" / "experiments" / f"{MODELS[model]}_ml100k.yaml"),
            "--out", str(out), "--overwrite", f"dataset.paths.prepared={args.prepared}",
@@ -106,10 +112,10 @@ def budget_of(path: Path) -> float:
 def cached_run(work: Path, system: str, model: str, seed: int, budget: float) -> Path | None:
     """The cached run at `budget`, else the one with the longest budget (a RecBole run
     that needs hours may exist only at a shorter budget; its row then says so)."""
-    exact = work / f"{system}_{model}_seed{seed}_b{budget}.json"
+    exact = run_path(system, model, seed, budget, work)
     if exact.exists():
         return exact
-    found = sorted(work.glob(f"{system}_{model}_seed{seed}_b*.json"), key=budget_of)
+    found = sorted(work.glob(run_path(system, model, seed, "*", work).name), key=budget_of)
     return found[-1] if found else None
 
 
@@ -153,6 +159,26 @@ def print_table(rows: list[dict], budget: float) -> None:
               f"{'/'.join(f'{b:g}' for b in r['budget_minutes']):>7}  {', '.join(r['stopped'])}")
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The table as the README and docs/recbole_comparison.md show it."""
+    lines = ["| system | model | seeds | test NDCG@10 | test HR@10 | s/epoch | epochs (best) "
+             "| time to best | peak RSS | budget | stopped |",
+             "|---|---|---|---|---|---:|---|---:|---:|---:|---|"]
+    for r in rows:
+        def metric(key: str, r: dict = r) -> str:
+            return (f"{r[key]:.4f} ± {r[key + '_std']:.4f}" if r["seeds"] > 1
+                    else f"{r[key]:.4f}")
+        stopped = ", ".join(s.replace("early stopping or max epochs", "early stopping")
+                            for s in r["stopped"])  # runs cached before the worker said which
+        lines.append(
+            f"| {'dmesr' if r['system'] == 'dmesr' else 'RecBole'} | {r['model']} "
+            f"| {r['seeds']} | {metric('test_full_NDCG@10')} | {metric('test_full_HR@10')} "
+            f"| {r['s_per_epoch']:.1f} | {r['epochs']:.3g} ({r['best_epoch']:.3g}) "
+            f"| {r['time_to_best_s'] / 60:.1f} min | {r['peak_rss_mb']:,.0f} MB "
+            f"| {'/'.join(f'{b:g}' for b in r['budget_minutes'])} min | {stopped} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prepared", type=Path, default=REPO / "data" / "ml100k")
@@ -172,6 +198,8 @@ def main() -> None:
     ap.add_argument("--cached-only", action="store_true",
                     help="only tabulate cached runs (run nothing); a run missing at this budget "
                          "falls back to its longest cached budget")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the table as Markdown (as in the README)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
@@ -181,18 +209,17 @@ def main() -> None:
             args.recbole_python):
         systems.remove("recbole")
         notes.append(f"RecBole not importable with {args.recbole_python}: recbole rows skipped")
-    work = RESULTS / "compare_recbole_runs"
     data = None
     if "recbole" in systems and not args.cached_only:
-        data = write_atomic(args.prepared, work / "atomic", "dmesr_ml100k")
+        data = write_atomic(args.prepared, WORK / "atomic", "dmesr_ml100k")
     rows, raw = [], []
     for model in args.models.split(","):
         for system in systems:
             runs = []
             for seed in (int(s) for s in args.seeds.split(",")):
-                path = work / f"{system}_{model}_seed{seed}_b{args.budget_minutes}.json"
+                path = run_path(system, model, seed, args.budget_minutes)
                 if args.cached_only:
-                    path = cached_run(work, system, model, seed, args.budget_minutes)
+                    path = cached_run(WORK, system, model, seed, args.budget_minutes)
                     if path is None:
                         continue
                 if system == "recbole":
@@ -206,7 +233,10 @@ def main() -> None:
             if runs:
                 raw += runs
                 rows.append(aggregate(runs))
-    print_table(rows, args.budget_minutes)
+    if args.markdown:
+        print(markdown_table(rows))
+    else:
+        print_table(rows, args.budget_minutes)
     for note in notes:
         print(note)
     args.out.parent.mkdir(parents=True, exist_ok=True)

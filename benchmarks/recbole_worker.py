@@ -27,6 +27,7 @@ import random
 import resource
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,13 @@ def save_state(path: Path, header: dict, model, best_state: dict | None, optimiz
 def load_state(path: Path, expected: dict, model, optimizer,
                loader_generator: torch.Generator) -> tuple[dict, dict | None]:
     """Restore a saved run in place; returns (header, best state or None)."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    header = json.loads(arrays.pop("header").tobytes())
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        header = json.loads(arrays.pop("header").tobytes())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise SystemExit(f"{path}: unreadable resume state ({exc}); delete it to start "
+                         "the run over") from exc
     if header.get("version") != STATE_VERSION or header["run"] != expected:
         raise SystemExit(f"{path} belongs to another run ({header.get('run')}); "
                          f"expected {expected}: delete it to start over")
