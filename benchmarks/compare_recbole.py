@@ -9,7 +9,10 @@ interaction's position in the user's prepared sequence, so RecBole's leave-one-o
 all items with the user's history excluded. Each (system, model, seed) runs in its own
 process (so peak RSS is per run) under the same per-run time budget; results are cached
 per run in benchmarks/results/compare_recbole_runs/ so the script can be resumed, and a
-RecBole run itself resumes from its per-epoch state (recbole_worker.py --state).
+RecBole run itself resumes from its per-epoch state (recbole_worker.py --state). That
+folder is not committed; the finished runs are, inside compare_recbole.json, and a fresh
+checkout restores them from there, so it reruns nothing that was published and
+`--cached-only` rebuilds the published table.
 
     python benchmarks/compare_recbole.py --budget-minutes 140 --seeds 2026,2027,2028 --threads 1
 """
@@ -28,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 WORK = RESULTS / "compare_recbole_runs"  # one cached JSON (and state) per run
+PUBLISHED = RESULTS / "compare_recbole.json"  # committed: the table and every finished run
 MODELS = {"SASRec": "sasrec", "BERT4Rec": "bert4rec", "GRU4Rec": "gru4rec"}
 
 
@@ -119,6 +123,21 @@ def cached_run(work: Path, system: str, model: str, seed: int, budget: float) ->
     return found[-1] if found else None
 
 
+def restore_published(published: Path, work: Path = WORK) -> int:
+    """Write the runs recorded in a published compare_recbole.json back as per-run cache
+    files (those not already cached); returns how many were restored."""
+    if not published.exists():
+        return 0
+    restored = 0
+    for run in json.loads(published.read_text()).get("runs", []):
+        path = run_path(run["system"], run["model"], run["seed"], run["budget_minutes"], work)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run, indent=1))
+            restored += 1
+    return restored
+
+
 def cached(path: Path, fn, *a) -> dict:
     if path.exists():
         return json.loads(path.read_text())
@@ -200,11 +219,14 @@ def main() -> None:
                          "falls back to its longest cached budget")
     ap.add_argument("--markdown", action="store_true",
                     help="print the table as Markdown (as in the README)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "compare_recbole.json")
+    ap.add_argument("--out", type=Path, default=PUBLISHED)
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
     systems = args.systems.split(",")
     notes = list(args.note)
+    for published in dict.fromkeys([PUBLISHED, args.out]):
+        if restored := restore_published(published):
+            print(f"restored {restored} finished runs from {published}", flush=True)
     if "recbole" in systems and not args.cached_only and not recbole_available(
             args.recbole_python):
         systems.remove("recbole")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from compare_recbole import aggregate, budget_of, cached_run, markdown_table
+from compare_recbole import aggregate, budget_of, cached_run, markdown_table, restore_published
 
 
 def _write(work: Path, name: str, ndcg: float) -> Path:
@@ -57,3 +57,21 @@ def test_markdown_table_row() -> None:
     assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|")
     assert lines[2] == ("| RecBole | GRU4Rec | 2 | 0.0618 ± 0.0075 | 0.1256 ± 0.0142 | 66.6 "
                         "| 45.5 (34.5) | 39.6 min | 1,557 MB | 140 min | early stopping |")
+
+
+def test_published_runs_are_restored_without_overwriting(tmp_path: Path) -> None:
+    published = tmp_path / "compare_recbole.json"
+    runs = [{"system": "recbole", "model": "SASRec", "seed": 2026, "budget_minutes": 140.0,
+             "test_full_NDCG@10": 0.0628},
+            {"system": "dmesr", "model": "GRU4Rec", "seed": 2027, "budget_minutes": 6.0,
+             "test_full_NDCG@10": 0.08}]
+    published.write_text(json.dumps({"rows": [], "runs": runs}))
+    work = tmp_path / "work"
+    work.mkdir()
+    local = _write(work, "recbole_SASRec_seed2026_b140.0.json", 0.07)
+    assert restore_published(published, work) == 1  # the local file wins
+    assert json.loads(local.read_text())["test_full_NDCG@10"] == 0.07
+    found = cached_run(work, "dmesr", "GRU4Rec", 2027, 140.0)
+    assert found is not None and budget_of(found) == 6.0
+    assert json.loads(found.read_text()) == runs[1]
+    assert restore_published(tmp_path / "absent.json", work) == 0
