@@ -342,3 +342,34 @@ def test_real_ml100k_posters_against_independent_count(shared_data: Path, tmp_pa
     assert stats["images"]["none"] == len(items & wrong)
     masked = ds.items[ds.items["item_key"].isin(wrong)]
     assert masked["overview"].isna().all() and masked["image_path"].isna().all()
+
+
+def test_sequences_match_the_interactions_table(tiny_dataset: PreparedDataset):
+    inter = pd.read_parquet(tiny_dataset.root / "interactions.parquet")
+    indptr, items = tiny_dataset.seq_indptr, tiny_dataset.seq_items
+    assert items.dtype == np.int32 and items.flags.writeable
+    np.testing.assert_array_equal(items, inter["item"].to_numpy())
+    users = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    np.testing.assert_array_equal(users, inter["user"].to_numpy())
+
+
+def test_id_columns_of_the_wrong_type_are_refused(tiny_dataset: PreparedDataset, tmp_path: Path):
+    import shutil
+
+    from dmesr.errors import ArtifactMismatchError
+
+    copy = Path(shutil.copytree(tiny_dataset.root, tmp_path / "copy"))
+    inter = pd.read_parquet(copy / "interactions.parquet")
+    inter["item"] = inter["item"].astype("int64")
+    inter.to_parquet(copy / "interactions.parquet", index=False)
+    with pytest.raises(ArtifactMismatchError, match="column 'item' must be int32"):
+        PreparedDataset(copy).split("train")
+
+
+def test_reading_sequences_keeps_pandas_out_of_training(tiny_dataset: PreparedDataset):
+    # pandas adds ~100 MB to every training process's RSS (compared with RecBole's)
+    code = ("import sys; from dmesr.data.dataset import PreparedDataset; "
+            f"ds = PreparedDataset({str(tiny_dataset.root)!r}); ds.split('train').padded(8); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

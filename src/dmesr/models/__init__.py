@@ -46,6 +46,12 @@ def build_model(
         return Pop(n_items).fit(popularity)
     enc = encoder if encoder is not None else build_encoder(cfg, n_items, dataset)
     common = {"loss": cfg.loss, "n_neg": cfg.n_neg}
+    model = _backbone(cfg, enc, common)
+    model.ce_block_mb = cfg.ce_block_mb
+    return model
+
+
+def _backbone(cfg: ModelConfig, enc: ItemEncoder, common: dict) -> SequentialRecommender:
     if cfg.backbone == "gru4rec":
         return GRU4Rec(enc, cfg.scaled(cfg.gru_hidden), cfg.layers, cfg.dropout, **common)
     tf = {

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmesr.models.item_encoders import ItemEncoder
+from dmesr.models.losses import catalogue_cross_entropy
 
 LossType = Literal["bce", "ce", "sampled_softmax"]
 Batch = dict[str, Tensor]
@@ -51,6 +52,7 @@ class SequentialRecommender(nn.Module):
     """Encoder + backbone + loss. Subclasses define `train_batch` and the eval input."""
 
     trainable = True
+    ce_block_mb: float = 8.0  # `ce` loss: logits computed in blocks of this size (losses.py)
 
     def __init__(
         self, encoder: ItemEncoder, backbone: Backbone, loss: LossType = "ce", n_neg: int = 1
@@ -114,9 +116,7 @@ class SequentialRecommender(nn.Module):
         if pos.numel() == 0:
             return h.sum() * 0.0
         if self.loss_type == "ce":
-            logits = h @ self.item_matrix().T
-            logits[:, 0] = float("-inf")  # padding is never a candidate
-            return F.cross_entropy(logits, pos)
+            return catalogue_cross_entropy(h, self.item_matrix(), pos, self.ce_block_mb)
         neg = sample_negatives(pos, self.n_neg, self.n_items)
         cand = self.item_vectors(torch.cat([pos[:, None], neg], dim=1))  # [N, 1 + n, D]
         scores = torch.einsum("nd,nkd->nk", h, cand)

@@ -65,6 +65,11 @@ class ModelConfig(_Strict):
     max_len: int = Field(50, ge=2)
     loss: Literal["bce", "ce", "sampled_softmax"] = "ce"
     n_neg: int = Field(1, ge=1, description="negatives per position for bce/sampled_softmax")
+    ce_block_mb: float = Field(
+        8.0, gt=0, description="`ce` computes the [positions, items] logits in row blocks "
+        "of at most this many MiB (same loss and gradients): the loss's peak memory stays "
+        "flat as the catalogue grows. Measured (benchmarks/ce_blocks.py, 1 thread): H&M "
+        "sample 561 -> 94 MB and 1.5x faster; ML-100K 90 -> 56 MB, same speed")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec cloze mask probability")
     last_ratio: float = Field(0.1, ge=0, le=1, description="BERT4Rec last-item-only share")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
