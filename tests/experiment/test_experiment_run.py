@@ -132,3 +132,52 @@ def test_rerun_skips_finished_cells(grid_run, tiny_dataset) -> None:
         f"out={out}", f"results_dir={results}", f"dataset.paths.prepared={tiny_dataset.root}",
         "train.lr=0.5"], catch_exceptions=False)
     assert res.exit_code == 0 and "another configuration" in res.output, res.output
+
+
+def test_report_archives_cells_and_a_fresh_run_folder_restores_them(grid_run, tiny_dataset,
+                                                                     tmp_path) -> None:
+    _, results, _ = grid_run
+    cell = results / "runs" / "sasrec" / "drop5" / "seed2"
+    kept = sorted(str(p.relative_to(cell)) for p in cell.rglob("*") if p.is_file())
+    assert kept == ["config.yaml", "log.jsonl", "metrics.json", "per_user/columns.json",
+                    "per_user/test.full.ranks.npy", "run.json"]  # no checkpoints
+    assert not (results / "runs" / "sasrec" / "crash").exists()  # only finished cells
+    # a new machine: the committed results folder, no run folder
+    published = Path(shutil.copytree(results, tmp_path / "results"))
+    fresh = tmp_path / "runs"
+    res = CliRunner().invoke(experiment, [
+        str(GRID), "--no-progress", *_only("backbone=sasrec,variant=id"), f"out={fresh}",
+        f"results_dir={published}", f"dataset.paths.prepared={tiny_dataset.root}",
+        *VARIANTS], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "restored 4 finished cells" in res.output and "0 to run" in res.output
+    assert not (fresh / "sasrec" / "id" / "seed1" / "checkpoints").exists()
+    # the report of the restored cells has the same rows and the same p-values
+    pd.testing.assert_frame_equal(pd.read_csv(published / "results.csv"),
+                                  pd.read_csv(results / "results.csv"))
+    sig = json.loads((published / "significance.json").read_text())["tests"]
+    assert sig == json.loads((results / "significance.json").read_text())["tests"]
+    # a dry run on another fresh folder says which cells would come from the archive
+    res = CliRunner().invoke(experiment, [
+        str(GRID), "--dry-run", *_only("backbone=sasrec,variant=id,seed=1"),
+        f"out={tmp_path / 'other'}", f"results_dir={published}",
+        f"dataset.paths.prepared={tiny_dataset.root}", *VARIANTS], catch_exceptions=False)
+    assert res.output.startswith("archived sasrec/id/seed1"), res.output
+
+
+def test_report_refuses_to_shrink_a_published_table(grid_run, tmp_path) -> None:
+    out, results, _ = grid_run
+    published = Path(shutil.copytree(results, tmp_path / "results",
+                                     ignore=shutil.ignore_patterns("runs")))  # no archive
+    partial = tmp_path / "partial"
+    shutil.copytree(out / "sasrec" / "id", partial / "sasrec" / "id")  # 2 of the 4 runs
+    before = (published / "results.csv").read_text()
+    res = CliRunner().invoke(report, [str(partial), "--results-dir", str(published),
+                                      "--no-plots"])
+    assert res.exit_code != 0  # DmesrError: dmesr.cli.main prints it as "error: …"
+    assert "2 runs that this report would drop (sasrec/drop5/seed1" in str(res.exception)
+    assert (published / "results.csv").read_text() == before
+    res = CliRunner().invoke(report, [str(partial), "--results-dir", str(published),
+                                      "--no-plots", "--replace"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(published / "results.csv")) == 2

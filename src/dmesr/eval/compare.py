@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 from dmesr.errors import ArtifactMismatchError, DmesrError
+from dmesr.eval.metrics import per_user_metrics
 from dmesr.io import load_npy, read_json
 
 
@@ -30,11 +31,25 @@ def _dataset_hash(run: Path) -> str:
 
 
 def per_user(run: Path, split: str, mode: str) -> tuple[np.ndarray, list[str]]:
+    """float64 [U, M] per-user metrics and their names; computed from the per-user ranks
+    when only those were kept (an archived run, see dmesr.report.archive)."""
     folder = Path(run) / "per_user"
     path = folder / f"{split}.{mode}.metrics.npy"
-    if not path.exists():
+    ranks = folder / f"{split}.{mode}.ranks.npy"
+    if not path.exists() and not ranks.exists():
         raise DmesrError(f"{path} is missing; run `dmesr evaluate --run {run}` first")
-    return load_npy(path), read_json(folder / "columns.json")["metrics"]
+    names = read_json(folder / "columns.json")["metrics"]
+    if path.exists():
+        return load_npy(path), names
+    return metrics_from_ranks(load_npy(ranks), names), names
+
+
+def metrics_from_ranks(ranks: np.ndarray, names: list[str]) -> np.ndarray:
+    """[U, len(names)] per-user metrics for names like HR@10, NDCG@10, MRR@10."""
+    ks = sorted({int(n.split("@")[1]) for n in names if not n.startswith("MRR@")})
+    mrr = [int(n.split("@")[1]) for n in names if n.startswith("MRR@")]
+    values = per_user_metrics(ranks, ks, mrr[0] if mrr else 10)
+    return np.stack([values[n] for n in names], axis=1)
 
 
 def paired_tests(

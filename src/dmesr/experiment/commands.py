@@ -21,6 +21,7 @@ from dmesr.experiment.cells import (
 from dmesr.experiment.config import GridConfig, load_grid, split_overrides
 from dmesr.experiment.runner import CellResult, record_failure, run_cells
 from dmesr.io import provenance, read_json, write_json
+from dmesr.report.archive import ARCHIVE, restore_runs
 from dmesr.report.collect import META_NAME
 
 
@@ -63,10 +64,12 @@ def _write_meta(grid: GridConfig, command: str, cells: list[Cell],
 _CELL_FIXED = ("key", "ablation", "out", "command")
 
 
-def _dry_run(cells: list[Cell], threads: int) -> None:
+def _dry_run(cells: list[Cell], threads: int, archived: set[str]) -> None:
     for c in cells:
         error = validate(c)
         state = "INVALID" if error else "stale" if c.is_done() and stale(c) else c.status()
+        if state == "todo" and c.key in archived and not c.out.exists():
+            state = "archived"  # restored, not rerun, by a real run
         click.echo(f"{state:8s} {c.key}")
         click.echo(f"         {error}" if error else f"         {shlex.join(c.argv(threads))}")
 
@@ -109,9 +112,15 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
     all_cells = expand(grid, run_over)
     cells = select(all_cells, parse_only(only))
     if dry_run:
-        _dry_run(cells, threads)
+        archived = {str(p.parent.relative_to(grid.results_path() / ARCHIVE))
+                    for p in (grid.results_path() / ARCHIVE).glob("*/*/seed*/metrics.json")}
+        _dry_run(cells, threads, archived)
         return
     command = _command(grid_file, workers, only, dry_run, no_report, overrides)
+    restored = restore_runs(grid.results_path(), grid.out_dir(), [c.key for c in all_cells])
+    if restored:
+        click.echo(f"restored {len(restored)} finished cells from "
+                   f"{grid.results_path() / ARCHIVE} (not rerun)")
     todo, settled = _plan(cells)
     results = {k: r.as_dict() for k, r in settled.items()}
     _write_meta(grid, command, all_cells, results, threads)

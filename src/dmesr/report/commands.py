@@ -14,10 +14,12 @@ import click
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="where to write (default: the grid's results_dir, else results/<dataset>)")
 @click.option("--no-plots", is_flag=True, help="tables only (no matplotlib)")
+@click.option("--replace", is_flag=True,
+              help="overwrite a results.csv that lists runs this report would not contain")
 @click.option("--headline", "headline", multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="instead: print one test NDCG@10 table across these results folders")
-def report(out: Path | None, results_dir: Path | None, no_plots: bool,
+def report(out: Path | None, results_dir: Path | None, no_plots: bool, replace: bool,
            headline: tuple[Path, ...]) -> None:
     """Write results.csv, results.md and plots for the runs under OUT (resumable grids:
     run it any time; only finished cells are included)."""
@@ -35,6 +37,9 @@ def report(out: Path | None, results_dir: Path | None, no_plots: bool,
         argv += ["--results-dir", str(results_dir)]
     if no_plots:
         argv.append("--no-plots")
-    folder = write_report(out, results_dir, shlex.join(argv), plots=not no_plots)
+    if replace:
+        argv.append("--replace")
+    folder = write_report(out, results_dir, shlex.join(argv), plots=not no_plots,
+                          replace=replace)
     click.echo(f"wrote {folder}/results.md, results.csv"
                + ("" if no_plots else " and plots"))
