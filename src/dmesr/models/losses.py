@@ -57,7 +57,7 @@ def catalogue_cross_entropy(h: Tensor, w: Tensor, target: Tensor, block_mb: floa
     """Mean CE of `h` [N, D] against every row of `w` [M, D] (row 0 = padding, excluded).
 
     Blocks of rows keep each [rows, M] logits block under `block_mb` MiB; when the whole
-    [N, M] matrix fits, the plain (one-pass, slightly faster) computation is used.
+    [N, M] matrix fits in one block, plain `F.cross_entropy` computes it.
     """
     n, m = h.shape[0], w.shape[0]
     rows = max(1, int(block_mb * 2**20 / (m * h.element_size())))

@@ -29,13 +29,12 @@ def _copy_cell(src: Path, dst: Path) -> None:
                 shutil.copyfile(src / name, tmp)
 
 
-def archive_runs(runs: list[tuple[str, Path]], results_dir: Path) -> int:
+def archive_runs(runs: list[tuple[str, Path]], results_dir: Path) -> None:
     """Copy each finished run (key `backbone/variant/seedN`, its folder) into the archive."""
     root = results_dir / ARCHIVE
     for key, path in runs:
         if path.resolve() != (root / key).resolve():  # a report built from the archive itself
             _copy_cell(path, root / key)
-    return len(runs)
 
 
 def restore_runs(results_dir: Path, out: Path, keys: list[str] | None = None) -> list[str]:

@@ -65,6 +65,7 @@ def _refuse_to_drop_runs(existing: Path, df: pd.DataFrame) -> None:
         shown = ", ".join("/".join(k[:2]) + f"/seed{k[2]}" for k in lost[:4])
         raise DmesrError(
             f"{existing} lists {len(lost)} runs that this report would drop ({shown}"
-            f"{', …' if len(lost) > 4 else ''}): neither the run folder nor "
-            f"{existing.parent / ARCHIVE} holds them. Rerun them, or pass --replace to "
-            "write the smaller table")
+            f"{', …' if len(lost) > 4 else ''}): the run folder does not hold them. "
+            f"`dmesr experiment` first restores the cells archived in "
+            f"{existing.parent / ARCHIVE}; rerun the others, or pass --replace to write "
+            "the smaller table")
