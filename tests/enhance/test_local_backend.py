@@ -32,3 +32,16 @@ def test_local_backend_all_views(fake_data, tmp_path):
     rep = coverage(fake_data.root, cfg)["views"]
     assert rep["img"]["not_applicable"] == 3 and rep["mm"]["not_applicable"] == 3
     assert not run_enhance(fake_data.root, cfg, progress=False, log=logs.append).did_work
+
+
+def test_parallel_models_give_the_same_answers(fake_data, tmp_path):
+    answers = []
+    for workers in (1, 2):
+        cfg = EnhanceConfig.model_validate({
+            "backend": "local", "views": ["txt"], "cache_dir": str(tmp_path / f"w{workers}"),
+            "local": {"max_tokens": 12, "workers": workers}})
+        summary = run_enhance(fake_data.root, cfg, progress=False, log=lambda _: None)
+        assert summary.sent["txt"] == 6
+        desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
+        answers.append(desc.set_index("item")["text"].sort_index())
+    pd.testing.assert_series_equal(answers[0], answers[1])

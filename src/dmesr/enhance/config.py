@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dmesr.config import load_config, resolve_path
+from dmesr.io import available_cores
 
 View = Literal["img", "txt", "mm"]
 
@@ -74,6 +75,10 @@ class LocalConfig(BaseModel):
         "other jobs held the cores, while 1 thread stayed at 0.9 s/item",
     )
     n_batch: int = Field(256, ge=8)
+    workers: int | None = Field(
+        None, ge=1, description="llama.cpp models generating `txt` side by side (threads of "
+        "one process; each model uses n_threads). None: one per CPU core, at most 4. The "
+        "answers do not depend on it: every item starts from a fresh context, greedy")
     max_tokens: int = Field(32, ge=1, description="per answer; decides the run time on a CPU")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     repeat_penalty: float = Field(1.15, ge=1.0)
@@ -85,6 +90,11 @@ class LocalConfig(BaseModel):
     retry_temperature: float = Field(0.7, gt=0)
     top_labels: int = Field(5, ge=1, le=20, description="ImageNet labels kept for `img`")
     min_label_prob: float = Field(0.03, ge=0, le=1)
+
+    def n_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(4, available_cores() // self.n_threads))
 
 
 class EnhanceConfig(BaseModel):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmesr.errors import ConfigError, DmesrError
 from dmesr.experiment.config import GridConfig
+from dmesr.io import available_cores
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,4 @@ def stale(cell: Cell) -> bool:
 
 
 def threads_per_worker(workers: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // workers)
+    return max(1, available_cores() // workers)

@@ -15,8 +15,11 @@ pipeline runs and is tested offline. Use the `openai` backend with a real MLLM f
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +46,21 @@ def packaged_gguf() -> Path:
 
 
 class LocalBackend(Backend):
+    """`workers` llama.cpp models in threads of this process: llama-cpp-python releases
+    the GIL while it computes, so they run in parallel; a model serves one item at a time
+    (llama.cpp contexts are not thread-safe) and is lent from a pool."""
+
     mode = "completion"
-    concurrency = 1  # one CPU model in process: requests are serialised anyway
 
     def __init__(self, cfg: LocalConfig, tag: str) -> None:
         self.cfg = cfg
         self.tag = tag
-        self._llm: Any = None
+        self.concurrency = cfg.n_workers()
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._loaded = 0
+        self._load_lock = threading.Lock()
         self._images: Any = None
-        self._lock = threading.Lock()  # llama.cpp contexts are not thread-safe
+        self._image_lock = threading.Lock()
 
     def depends_on(self, view: str) -> tuple[str, ...]:
         return ("txt", "img") if view == "mm" else ()
@@ -59,7 +68,7 @@ class LocalBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"tag": self.tag, "mode": self.mode, "llm": self.gguf_name,
                 "image_model": "efficientnet-lite0-imagenet",
-                **self.cfg.model_dump(exclude={"gguf_path"})}
+                **self.cfg.model_dump(exclude={"gguf_path", "workers"})}
 
     @property
     def gguf_name(self) -> str:
@@ -105,11 +114,12 @@ class LocalBackend(Backend):
 
     # --- img -------------------------------------------------------------------------
     def _describe_image(self, path: str | None) -> Result:
-        if self._images is None:
-            from dmesr.features.image import ImageEncoder
+        with self._image_lock:  # one encoder; torch already uses every core for it
+            if self._images is None:
+                from dmesr.features.image import ImageEncoder
 
-            self._images = ImageEncoder()
-        batch = self._images.encode([path])
+                self._images = ImageEncoder()
+            batch = self._images.encode([path])
         if not batch.ok[0]:
             return Result(False, error=f"image unreadable: {batch.errors[0]}", final=True)
         labels = self._images.top_labels(batch.probs[0], self.cfg.top_labels,
@@ -119,21 +129,35 @@ class LocalBackend(Backend):
         return Result(True, text=text, extra={"labels": [[n, round(p, 4)] for n, p in labels]})
 
     # --- txt -------------------------------------------------------------------------
-    @property
-    def llm(self) -> Any:
-        if self._llm is None:
-            try:
-                from llama_cpp import Llama
-            except ImportError as exc:
-                raise DmesrError(
-                    "the local backend needs llama-cpp-python: pip install 'llama-cpp-python[server]'"
-                ) from exc
-            path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
-            self._llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx,
-                              n_threads=self.cfg.n_threads, n_threads_batch=self.cfg.n_threads,
-                              n_batch=self.cfg.n_batch,
-                              seed=self.cfg.seed, verbose=False)
-        return self._llm
+    def _load(self) -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise DmesrError(
+                "the local backend needs llama-cpp-python: pip install 'llama-cpp-python[server]'"
+            ) from exc
+        path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
+        return Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
+                     n_threads_batch=self.cfg.n_threads, n_batch=self.cfg.n_batch,
+                     seed=self.cfg.seed, verbose=False)
+
+    @contextmanager
+    def _llm(self) -> Iterator[Any]:
+        """Lend an idle model; load another while fewer than `concurrency` exist."""
+        with self._load_lock:
+            fresh = self._idle.empty() and self._loaded < self.concurrency
+            if fresh:
+                self._loaded += 1
+        try:
+            llm = self._load() if fresh else self._idle.get()
+        except BaseException:
+            with self._load_lock:
+                self._loaded -= 1
+            raise
+        try:
+            yield llm
+        finally:
+            self._idle.put(llm)
 
     def _complete(self, prompt: str) -> Result:
         result = self._complete_once(prompt, self.cfg.temperature, self.cfg.seed)
@@ -147,13 +171,14 @@ class LocalBackend(Backend):
         return result
 
     def _complete_once(self, prompt: str, temperature: float, seed: int) -> Result:
-        with self._lock:
-            out = self.llm.create_completion(
+        with self._llm() as llm:
+            out = llm.create_completion(
                 prompt, max_tokens=self.cfg.max_tokens, temperature=temperature,
                 repeat_penalty=self.cfg.repeat_penalty, stop=self.cfg.stop or None, seed=seed,
             )
-            # a fresh start per item: answers must not depend on the previous item
-            self.llm.reset()
+            # a fresh start per item: answers must not depend on the previous item (or on
+            # which model of the pool served it)
+            llm.reset()
         choice = out["choices"][0]
         return judge(choice["text"], prompt, truncated=choice.get("finish_reason") == "length",
                      deterministic=True, extra={"tokens": out["usage"]["completion_tokens"]})

@@ -1,0 +1,56 @@
+"""The local backend's pool of llama.cpp models (no model loaded: `_load` is faked)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dmesr.enhance.backends.local import LocalBackend
+from dmesr.enhance.config import LocalConfig
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_at_most_workers_models_each_serving_one_item(workers: int, monkeypatch) -> None:
+    backend = LocalBackend(LocalConfig(workers=workers), "test")
+    assert backend.concurrency == workers
+    loads, busy, peak = [], set(), [0]
+    lock = threading.Lock()
+    monkeypatch.setattr(backend, "_load", lambda: loads.append(object()) or loads[-1])
+
+    def use(_: int) -> None:
+        with backend._llm() as llm:
+            with lock:
+                assert id(llm) not in busy  # never lent twice at once
+                busy.add(id(llm))
+                peak[0] = max(peak[0], len(busy))
+            time.sleep(0.02)
+            with lock:
+                busy.discard(id(llm))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(use, range(40)))
+    assert len(loads) == workers and peak[0] == workers
+
+
+def test_a_failed_load_frees_its_slot(monkeypatch) -> None:
+    backend = LocalBackend(LocalConfig(workers=1), "test")
+
+    def broken() -> object:
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(backend, "_load", broken)
+    with pytest.raises(RuntimeError), backend._llm():
+        pass
+    monkeypatch.setattr(backend, "_load", object)
+    with backend._llm() as llm:  # the slot was given back: a new load, no deadlock
+        assert llm is not None
+
+
+def test_default_workers_follow_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr("dmesr.enhance.config.available_cores", lambda: 16)
+    assert LocalConfig().n_workers() == 4 and LocalConfig(n_threads=8).n_workers() == 2
+    monkeypatch.setattr("dmesr.enhance.config.available_cores", lambda: 1)
+    assert LocalConfig().n_workers() == 1
