@@ -132,8 +132,7 @@ def restore_published(published: Path, work: Path = WORK) -> int:
     for run in json.loads(published.read_text()).get("runs", []):
         path = run_path(run["system"], run["model"], run["seed"], run["budget_minutes"], work)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(run, indent=1))
+            write_json_atomic(path, run)
             restored += 1
     return restored
 
@@ -142,9 +141,16 @@ def cached(path: Path, fn, *a) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     result = fn(*a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    write_json_atomic(path, result)
     return result
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """A cache file is whole or absent: a kill mid-write must not leave broken JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 KEYS = ["test_full_NDCG@10", "test_full_HR@10", "valid_full_NDCG@10", "s_per_epoch", "epochs",

@@ -21,7 +21,7 @@ from dmesr.experiment.cells import (
 from dmesr.experiment.config import GridConfig, load_grid, split_overrides
 from dmesr.experiment.runner import CellResult, record_failure, run_cells
 from dmesr.io import provenance, read_json, write_json
-from dmesr.report.archive import ARCHIVE, restore_runs
+from dmesr.report.archive import ARCHIVE, archived_keys, restore_runs
 from dmesr.report.collect import META_NAME
 
 
@@ -112,9 +112,7 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
     all_cells = expand(grid, run_over)
     cells = select(all_cells, parse_only(only))
     if dry_run:
-        archived = {str(p.parent.relative_to(grid.results_path() / ARCHIVE))
-                    for p in (grid.results_path() / ARCHIVE).glob("*/*/seed*/metrics.json")}
-        _dry_run(cells, threads, archived)
+        _dry_run(cells, threads, set(archived_keys(grid.results_path())))
         return
     command = _command(grid_file, workers, only, dry_run, no_report, overrides)
     restored = restore_runs(grid.results_path(), grid.out_dir(), [c.key for c in all_cells])

@@ -11,12 +11,14 @@ of cells run now includes them, p-values and curves alike.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from dmesr.io import atomic_path
 
 ARCHIVE = "runs"
+FINISHED = "*/*/seed*/metrics.json"  # <backbone>/<variant>/seed<N>: a finished cell
 FILES = ("metrics.json", "run.json", "config.yaml", "log.jsonl", "per_user/columns.json",
          "per_user/test.full.ranks.npy")
 
@@ -37,18 +39,26 @@ def archive_runs(runs: list[tuple[str, Path]], results_dir: Path) -> None:
             _copy_cell(path, root / key)
 
 
+def archived_keys(results_dir: Path) -> list[str]:
+    """Keys (`backbone/variant/seedN`) of the cells archived under `results_dir`."""
+    root = results_dir / ARCHIVE
+    return [str(p.parent.relative_to(root)) for p in sorted(root.glob(FINISHED))]
+
+
 def restore_runs(results_dir: Path, out: Path, keys: list[str] | None = None) -> list[str]:
     """Copy archived cells into the run folder `out` where it has no folder for them (a
-    cell begun here, even unfinished, is never mixed with an archived one).
+    cell begun here, even unfinished, is never mixed with an archived one). Each cell is
+    copied into a hidden folder first and renamed, so a kill leaves no half cell.
 
     `keys`: only these cells (default: every archived one). Returns the restored keys.
     """
-    root = results_dir / ARCHIVE
     restored = []
-    for metrics in sorted(root.glob("*/*/seed*/metrics.json")):
-        key = str(metrics.parent.relative_to(root))
+    for key in archived_keys(results_dir):
         target = out / key
         if (keys is None or key in keys) and not target.exists():
-            _copy_cell(metrics.parent, target)
+            partial = target.with_name(f".{target.name}.restoring")
+            shutil.rmtree(partial, ignore_errors=True)  # left by a killed restore
+            _copy_cell(results_dir / ARCHIVE / key, partial)
+            os.replace(partial, target)
             restored.append(key)
     return restored

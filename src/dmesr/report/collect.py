@@ -17,6 +17,7 @@ import pandas as pd
 
 from dmesr.errors import DmesrError
 from dmesr.io import read_json
+from dmesr.report.archive import FINISHED
 
 META_NAME = "experiment.json"
 # Columns every results.csv starts with (the brief's contract), then everything else.
@@ -87,7 +88,7 @@ def load_experiment(out: Path) -> Experiment:
     if not out.is_dir():
         raise DmesrError(f"{out}: no such experiment directory")
     runs = []
-    for metrics in sorted(out.glob("*/*/seed*/metrics.json")):
+    for metrics in sorted(out.glob(FINISHED)):
         run = metrics.parent
         m = _SEED.match(run.name)
         if m:
