@@ -45,3 +45,21 @@ def test_parallel_models_give_the_same_answers(fake_data, tmp_path):
         desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
         answers.append(desc.set_index("item")["text"].sort_index())
     pd.testing.assert_series_equal(answers[0], answers[1])
+
+
+@pytest.mark.parametrize(("info", "warns"), [
+    (b"CPU : AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1 |", True),
+    (b"CPU : AVX2 = 1 | FMA = 1 | REPACK = 1 |", False),
+])
+def test_amx_builds_are_flagged_before_they_can_crash(monkeypatch, info, warns):
+    import warnings
+
+    import llama_cpp
+
+    from dmesr.enhance.backends.local import warn_if_amx_build
+
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_amx_build()
+    assert any("AMX" in str(w.message) for w in caught) == warns

@@ -18,6 +18,7 @@ import asyncio
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,22 @@ from dmesr.io import stable_hash
 
 IMG_RULE = "local-img-labels@1"
 MM_RULE = "local-mm-compose@1"
+
+
+AMX_HINT = (
+    "this llama-cpp-python build uses Intel AMX kernels (compiled with -march=native); inside "
+    "Firecracker VMs they segfault in ggml_backend_amx_mul_mat. If the enhance step dies with "
+    "SIGSEGV, reinstall without them: CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON "
+    "-DGGML_F16C=ON' pip install --no-cache-dir --force-reinstall 'llama-cpp-python[server]==0.3.36'"
+)
+
+
+def warn_if_amx_build() -> None:
+    """Warn before a crash that Python cannot catch: the AMX matmul faults in some VMs."""
+    import llama_cpp
+
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        warnings.warn(AMX_HINT, RuntimeWarning, stacklevel=2)
 
 
 def packaged_gguf() -> Path:
@@ -136,6 +153,7 @@ class LocalBackend(Backend):
             raise DmesrError(
                 "the local backend needs llama-cpp-python: pip install 'llama-cpp-python[server]'"
             ) from exc
+        warn_if_amx_build()
         path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
         return Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
                      n_threads_batch=self.cfg.n_threads, n_batch=self.cfg.n_batch,
