@@ -28,7 +28,7 @@ run_enhance(sys.argv[1], cfg, views=["txt"], progress=False, log=lambda m: None)
 def test_kill_9_mid_run_keeps_completed_work(tmp_path, servers):
     n = 150
     ds = make_prepared(tmp_path / "data", n_items=n, with_image=[False] * n)
-    s = servers(delay_s=0.03)
+    s = servers(delay_s=0.01, hold_after=40)  # the child cannot finish before it is stopped
     cfg = EnhanceConfig.model_validate({
         "backend": "openai", "cache_dir": str(tmp_path / "cache"), "fsync_every": 5,
         "openai": {"base_urls": [s.base_url], "concurrency": 4}})
@@ -48,6 +48,7 @@ def test_kill_9_mid_run_keeps_completed_work(tmp_path, servers):
     finally:
         if child.poll() is None:
             child.kill()
+        s.release()
 
     killed = read_cache(path)
     assert killed.bad_lines == 0  # every complete line parses
@@ -70,7 +71,7 @@ def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
     every finished answer kept, and the rerun sends only the rest."""
     n = 150
     ds = make_prepared(tmp_path / "data", n_items=n, with_image=[False] * n)
-    s = servers(delay_s=0.03)
+    s = servers(delay_s=0.01, hold_after=40)  # the child cannot finish before it is stopped
     section = {"backend": "openai", "cache_dir": str(tmp_path / "cache"), "fsync_every": 5,
                "openai": {"base_urls": [s.base_url], "concurrency": 4}}
     config = tmp_path / "enhance.yaml"
@@ -91,6 +92,7 @@ def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
     finally:
         if child.poll() is None:
             child.kill()
+        s.release()
     assert child.returncode == 128 + signal.SIGTERM
     assert "interrupted" in err and "rerun the same command" in err
     kept = read_cache(path)

@@ -78,14 +78,19 @@ class Recorded:
 
 @dataclass
 class RecordingServer:
-    """OpenAI-compatible fake. `script` answers first (one entry per request), then `respond`."""
+    """OpenAI-compatible fake. `script` answers first (one entry per request), then `respond`.
+
+    With `hold_after=n`, requests after the n-th wait until `release()`: a test that stops a
+    client mid-run then cannot lose the race to a client that finished first."""
 
     respond: Responder | None = None
     delay_s: float = 0.0
+    hold_after: int | None = None
     requests: list[Recorded] = field(default_factory=list)
     script: list[tuple[int, dict[str, str], Any]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def base_url(self) -> str:
@@ -103,6 +108,9 @@ class RecordingServer:
                     owner.requests.append(
                         Recorded(self.path, dict(self.headers), body, time.monotonic()))
                     scripted = owner.script.pop(0) if owner.script else None
+                    held = owner.hold_after is not None and len(owner.requests) > owner.hold_after
+                if held:
+                    owner._released.wait(timeout=120)
                 if owner.delay_s:
                     time.sleep(owner.delay_s)
                 status, headers, payload = scripted or (owner.respond or default_answer)(
@@ -123,7 +131,13 @@ class RecordingServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
+    def release(self) -> None:
+        """Answer the held requests and stop holding new ones."""
+        self.hold_after = None
+        self._released.set()
+
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
