@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -34,8 +36,12 @@ def test_local_backend_all_views(fake_data, tmp_path):
     assert not run_enhance(fake_data.root, cfg, progress=False, log=logs.append).did_work
 
 
+def _std_fds() -> list[tuple[int, int]]:
+    return [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+
+
 def test_parallel_models_give_the_same_answers(fake_data, tmp_path):
-    answers = []
+    answers, fds = [], _std_fds()
     for workers in (1, 2):
         cfg = EnhanceConfig.model_validate({
             "backend": "local", "views": ["txt"], "cache_dir": str(tmp_path / f"w{workers}"),
@@ -45,6 +51,7 @@ def test_parallel_models_give_the_same_answers(fake_data, tmp_path):
         desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
         answers.append(desc.set_index("item")["text"].sort_index())
     pd.testing.assert_series_equal(answers[0], answers[1])
+    assert _std_fds() == fds  # stdout/stderr not left on /dev/null by the model loads
 
 
 @pytest.mark.parametrize(("info", "warns"), [

@@ -35,6 +35,33 @@ def test_at_most_workers_models_each_serving_one_item(workers: int, monkeypatch)
     assert len(loads) == workers and peak[0] == workers
 
 
+def test_models_load_one_at_a_time(monkeypatch) -> None:
+    # a load swaps the process's stdout/stderr (llama-cpp-python); overlapping loads could
+    # leave them pointing at /dev/null
+    backend = LocalBackend(LocalConfig(workers=3), "test")
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_load() -> object:
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return object()
+
+    monkeypatch.setattr(backend, "_load", slow_load)
+
+    def use(_: int) -> None:
+        with backend._llm():
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(use, range(3)))
+    assert backend._loaded == 3 and peak[0] == 1
+
+
 def test_a_failed_load_frees_its_slot(monkeypatch) -> None:
     backend = LocalBackend(LocalConfig(workers=1), "test")
 

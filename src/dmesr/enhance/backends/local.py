@@ -33,6 +33,10 @@ from dmesr.io import stable_hash
 
 IMG_RULE = "local-img-labels@1"
 MM_RULE = "local-mm-compose@1"
+# llama-cpp-python (verbose=False) points fds 1 and 2 at /dev/null while a model loads and
+# then restores what it saw on entry: two loads at once can restore /dev/null, silencing
+# the process's progress bars and printed tables for good. Loads take turns, process-wide.
+_MODEL_LOADS = threading.Lock()
 
 
 AMX_HINT = (
@@ -167,7 +171,11 @@ class LocalBackend(Backend):
             if fresh:
                 self._loaded += 1
         try:
-            llm = self._load() if fresh else self._idle.get()
+            if fresh:
+                with _MODEL_LOADS:
+                    llm = self._load()
+            else:
+                llm = self._idle.get()
         except BaseException:
             with self._load_lock:
                 self._loaded -= 1
