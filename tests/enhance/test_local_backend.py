@@ -45,13 +45,52 @@ def test_parallel_models_give_the_same_answers(fake_data, tmp_path):
     for workers in (1, 2):
         cfg = EnhanceConfig.model_validate({
             "backend": "local", "views": ["txt"], "cache_dir": str(tmp_path / f"w{workers}"),
-            "local": {"max_tokens": 12, "workers": workers}})
+            "local": {"max_tokens": 12, "workers": workers, "batch": 1}})
         summary = run_enhance(fake_data.root, cfg, progress=False, log=lambda _: None)
         assert summary.sent["txt"] == 6
         desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
         answers.append(desc.set_index("item")["text"].sort_index())
     pd.testing.assert_series_equal(answers[0], answers[1])
     assert _std_fds() == fds  # stdout/stderr not left on /dev/null by the model loads
+
+
+def test_a_batch_of_one_decodes_exactly_like_create_completion():
+    from llama_cpp import Llama
+
+    from dmesr.enhance.backends.batched import BatchDecoder
+    from dmesr.enhance.backends.local import packaged_gguf
+
+    llm = Llama(model_path=str(packaged_gguf()), n_ctx=512, n_threads=1, n_threads_batch=1,
+                n_batch=64, seed=0, verbose=False)
+    prompts = [f"Catalogue entry of a movie.\nTitle: {t}\nSummary of this movie:\n"
+               for t in ("Toy Story", "Heat", "Babe")]
+    stop = ["\n", "Catalogue entry"]
+    decoder = BatchDecoder(llm, 1, 512, 1, 64)
+    try:
+        for prompt in prompts:
+            ref = llm.create_completion(prompt, max_tokens=16, temperature=0,
+                                        repeat_penalty=1.15, stop=stop, seed=0)
+            llm.reset()
+            (got,) = decoder.complete([prompt], 16, 1.15, stop)
+            assert got.text == ref["choices"][0]["text"]
+            assert got.tokens == ref["usage"]["completion_tokens"]
+            assert got.finish == ref["choices"][0]["finish_reason"]
+    finally:
+        decoder.close()
+
+
+def test_batched_answers_are_reproducible_whatever_the_workers(fake_data, tmp_path):
+    answers = []
+    for workers in (1, 2):
+        cfg = EnhanceConfig.model_validate({
+            "backend": "local", "views": ["txt"], "cache_dir": str(tmp_path / f"b{workers}"),
+            "local": {"max_tokens": 12, "workers": workers, "batch": 3}})
+        summary = run_enhance(fake_data.root, cfg, progress=False, log=lambda _: None)
+        assert summary.sent["txt"] == 6
+        desc = pd.read_parquet(cfg.cache_root(fake_data.root) / DESCRIPTIONS)
+        answers.append(desc.set_index("item")["text"].sort_index())
+        assert len(answers[-1]) + summary.failed["txt"] == 6
+    pd.testing.assert_series_equal(answers[0], answers[1])
 
 
 @pytest.mark.parametrize(("info", "warns"), [

@@ -79,6 +79,11 @@ class LocalConfig(BaseModel):
         None, ge=1, description="llama.cpp models generating `txt` side by side (threads of "
         "one process; each model uses n_threads). None: one per CPU core, at most 4. The "
         "answers do not depend on it: every item starts from a fresh context, greedy")
+    batch: int = Field(
+        8, ge=1, le=64, description="`txt` prompts one model decodes together (one llama.cpp "
+        "context, a sequence each): the weights are read once per step for all of them, "
+        "0.80 s/item against 1.54 s at 1 on one core. Greedy either way; answers can differ "
+        "from batch 1 in a rare token, and are reproducible for a given batch size and order")
     max_tokens: int = Field(32, ge=1, description="per answer; decides the run time on a CPU")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     repeat_penalty: float = Field(1.15, ge=1.0)

@@ -264,23 +264,28 @@ def _requests(
 async def _drive(
     backend: Backend, requests: list[Request], on_result: Callable[[Request, Result], None]
 ) -> None:
-    """Keep `backend.concurrency` requests in flight; hand each result over as it lands."""
+    """Keep `backend.concurrency` batches of up to `backend.batch_size` requests in flight
+    (in request order, so a batch's members do not depend on timing); hand each result
+    over as its batch lands."""
     queue: asyncio.Queue[Request] = asyncio.Queue()
     for r in requests:
         queue.put_nowait(r)
 
     async def worker() -> None:
         while not queue.empty():
-            req = queue.get_nowait()
+            reqs = [queue.get_nowait() for _ in range(min(backend.batch_size, queue.qsize()))]
             try:
-                res = await backend.generate(req)
+                results = await backend.generate_batch(reqs)
             except DmesrError:
                 raise  # a setup problem (missing model, bad key): stop, don't mark items
             except Exception as exc:  # one bad item must not end a long run
-                res = Result(False, error=f"internal error: {type(exc).__name__}: {exc}")
-            on_result(req, res)
+                error = f"internal error: {type(exc).__name__}: {exc}"
+                results = [Result(False, error=error) for _ in reqs]
+            for req, res in zip(reqs, results, strict=True):
+                on_result(req, res)
 
-    n = max(1, min(backend.concurrency, len(requests)))
+    batches = -(-len(requests) // max(1, backend.batch_size))
+    n = max(1, min(backend.concurrency, batches))
     await asyncio.gather(*(worker() for _ in range(n)))
 
 

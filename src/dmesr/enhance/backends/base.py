@@ -8,6 +8,7 @@ degenerate-answer check and progress reporting for free.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ class Backend(abc.ABC):
     tag: str = "backend"
     #: requests the runner keeps in flight
     concurrency: int = 1
+    #: requests the runner hands over together (see `generate_batch`)
+    batch_size: int = 1
     #: request mode used to render templates
     mode: str = "chat"
 
@@ -97,6 +100,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def generate(self, request: Request) -> Result: ...
+
+    async def generate_batch(self, requests: list[Request]) -> list[Result]:
+        """Results for up to `batch_size` requests of one view, in order. Backends that
+        decode several prompts at once override it."""
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections / models."""

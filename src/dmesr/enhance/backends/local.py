@@ -26,6 +26,7 @@ from typing import Any
 
 from dmesr.config import resolve_path
 from dmesr.enhance.backends.base import Backend, Request, Result, judge
+from dmesr.enhance.backends.batched import BatchDecoder
 from dmesr.enhance.config import LocalConfig
 from dmesr.enhance.prompts import Prompt, TemplateSet
 from dmesr.errors import DmesrError
@@ -77,6 +78,8 @@ class LocalBackend(Backend):
         self.cfg = cfg
         self.tag = tag
         self.concurrency = cfg.n_workers()
+        self.batch_size = cfg.batch
+        self._decoders: dict[int, BatchDecoder] = {}
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._loaded = 0
         self._load_lock = threading.Lock()
@@ -120,6 +123,16 @@ class LocalBackend(Backend):
 
     async def generate(self, request: Request) -> Result:
         return await asyncio.to_thread(self._generate_sync, request)
+
+    async def aclose(self) -> None:
+        for decoder in self._decoders.values():
+            decoder.close()
+        self._decoders.clear()
+
+    async def generate_batch(self, requests: list[Request]) -> list[Result]:
+        if self.batch_size == 1 or any(r.prompt.view != "txt" for r in requests):
+            return await super().generate_batch(requests)
+        return await asyncio.to_thread(self._complete_batch, [r.prompt.text for r in requests])
 
     def _generate_sync(self, request: Request) -> Result:
         t0 = time.perf_counter()
@@ -186,7 +199,40 @@ class LocalBackend(Backend):
             self._idle.put(llm)
 
     def _complete(self, prompt: str) -> Result:
-        result = self._complete_once(prompt, self.cfg.temperature, self.cfg.seed)
+        return self._retry(prompt, self._complete_once(prompt, self.cfg.temperature, self.cfg.seed))
+
+    def _complete_batch(self, prompts: list[str]) -> list[Result]:
+        """Greedy answers decoded together; a prompt too long for a batch slot, or any
+        prompt when sampling (temperature > 0), goes alone."""
+        t0 = time.perf_counter()
+        results: dict[int, Result] = {}
+        with self._llm() as llm:
+            decoder = self._decoder(llm)
+            together = [i for i, p in enumerate(prompts)
+                        if self.cfg.temperature == 0 and decoder.fits(p, self.cfg.max_tokens)]
+            outs = decoder.complete([prompts[i] for i in together], self.cfg.max_tokens,
+                                    self.cfg.repeat_penalty, self.cfg.stop)
+        per_item = (time.perf_counter() - t0) / max(1, len(together))
+        for i, out in zip(together, outs, strict=True):
+            res = judge(out.text, prompts[i], truncated=out.finish == "length",
+                        deterministic=True, extra={"tokens": out.tokens, "batch": len(together)})
+            results[i] = self._retry(prompts[i], res)
+            results[i].latency_s = per_item
+        for i, prompt in enumerate(prompts):
+            if i not in results:
+                t1 = time.perf_counter()
+                results[i] = self._complete(prompt)
+                results[i].latency_s = time.perf_counter() - t1
+        return [results[i] for i in range(len(prompts))]
+
+    def _decoder(self, llm: Any) -> BatchDecoder:
+        """The batched context next to a pooled model (that model's borrower only)."""
+        if id(llm) not in self._decoders:
+            self._decoders[id(llm)] = BatchDecoder(llm, self.cfg.batch, self.cfg.n_ctx,
+                                                   self.cfg.n_threads, self.cfg.n_batch)
+        return self._decoders[id(llm)]
+
+    def _retry(self, prompt: str, result: Result) -> Result:
         # greedy decoding of a small model sometimes loops; a seeded resample usually
         # does not, and stays reproducible
         for k in range(self.cfg.degenerate_retries):
