@@ -82,8 +82,8 @@ class LocalConfig(BaseModel):
     batch: int = Field(
         8, ge=1, le=64, description="`txt` prompts one model decodes together (one llama.cpp "
         "context, a sequence each): the weights are read once per step for all of them, "
-        "0.80 s/item against 1.54 s at 1 on one core. Greedy either way; answers can differ "
-        "from batch 1 in a rare token, and are reproducible for a given batch size and order")
+        "1.9x the items/s of batch 1 on one core. Greedy either way; answers can drift from "
+        "batch 1's after a near-tie, and are reproducible for a given batch size and order")
     max_tokens: int = Field(32, ge=1, description="per answer; decides the run time on a CPU")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (reproducible)")
     repeat_penalty: float = Field(1.15, ge=1.0)
