@@ -81,3 +81,15 @@ def test_default_workers_follow_the_cores(monkeypatch) -> None:
     assert LocalConfig().n_workers() == 4 and LocalConfig(n_threads=8).n_workers() == 2
     monkeypatch.setattr("dmesr.enhance.config.available_cores", lambda: 1)
     assert LocalConfig().n_workers() == 1
+
+
+def test_a_batched_context_that_cannot_be_made_stops_the_run(monkeypatch) -> None:
+    from dmesr.errors import DmesrError
+
+    def no_context(*_: object) -> None:
+        raise RuntimeError("llama.cpp could not create a batched context")
+
+    monkeypatch.setattr("dmesr.enhance.backends.local.BatchDecoder", no_context)
+    backend = LocalBackend(LocalConfig(workers=1, batch=4), "test")
+    with pytest.raises(DmesrError, match=r"lower enhance\.local\.batch"):
+        backend._decoder(object())

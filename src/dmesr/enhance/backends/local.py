@@ -228,8 +228,14 @@ class LocalBackend(Backend):
     def _decoder(self, llm: Any) -> BatchDecoder:
         """The batched context next to a pooled model (that model's borrower only)."""
         if id(llm) not in self._decoders:
-            self._decoders[id(llm)] = BatchDecoder(llm, self.cfg.batch, self.cfg.n_ctx,
-                                                   self.cfg.n_threads, self.cfg.n_batch)
+            try:
+                self._decoders[id(llm)] = BatchDecoder(llm, self.cfg.batch, self.cfg.n_ctx,
+                                                       self.cfg.n_threads, self.cfg.n_batch)
+            except RuntimeError as exc:  # a setup problem: stop rather than fail every item
+                raise DmesrError(
+                    f"{exc} for {self.cfg.batch} sequences of {self.cfg.n_ctx} tokens; lower "
+                    "enhance.local.batch or enhance.local.n_ctx (batch=1 decodes one at a time)"
+                ) from exc
         return self._decoders[id(llm)]
 
     def _retry(self, prompt: str, result: Result) -> Result:
