@@ -71,7 +71,7 @@ def test_a_batch_of_one_decodes_exactly_like_create_completion():
             ref = llm.create_completion(prompt, max_tokens=16, temperature=0,
                                         repeat_penalty=1.15, stop=stop, seed=0)
             llm.reset()
-            (got,) = decoder.complete([prompt], 16, 1.15, stop)
+            (got,) = decoder.complete([decoder.tokenize(prompt)], 16, 1.15, stop)
             assert got.text == ref["choices"][0]["text"]
             assert got.tokens == ref["usage"]["completion_tokens"]
             assert got.finish == ref["choices"][0]["finish_reason"]

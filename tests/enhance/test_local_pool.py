@@ -93,3 +93,33 @@ def test_a_batched_context_that_cannot_be_made_stops_the_run(monkeypatch) -> Non
     backend = LocalBackend(LocalConfig(workers=1, batch=4), "test")
     with pytest.raises(DmesrError, match=r"lower enhance\.local\.batch"):
         backend._decoder(object())
+
+
+def test_a_prompt_too_long_for_the_batch_fails_alone(monkeypatch) -> None:
+    from contextlib import contextmanager
+
+    from dmesr.enhance.backends.batched import Completion
+
+    class FakeDecoder:
+        def tokenize(self, prompt: str) -> list[int]:
+            return [0] * len(prompt)
+
+        def fits(self, tokens: list[int], max_tokens: int) -> bool:
+            return len(tokens) < 100
+
+        def complete(self, prompts: list[list[int]], *_: object) -> list[Completion]:
+            return [Completion(f"A summary of a {len(p)} token prompt.", 8, "stop")
+                    for p in prompts]
+
+    backend = LocalBackend(LocalConfig(workers=1, batch=3, degenerate_retries=0), "test")
+    monkeypatch.setattr(backend, "_llm", contextmanager(lambda: iter([object()])))
+    monkeypatch.setattr(backend, "_decoder", lambda _: FakeDecoder())
+
+    def too_long(prompt: str) -> None:
+        raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window")
+
+    monkeypatch.setattr(backend, "_complete", too_long)
+    results = backend._complete_batch(["short one", "x" * 200, "short two"])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[0].text == "A summary of a 9 token prompt."
+    assert "exceed context window" in (results[1].error or "")

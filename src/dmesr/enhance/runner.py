@@ -10,6 +10,7 @@ exported to `descriptions.parquet` (with a JSON sidecar) for `dmesr embed`.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from dmesr.data.dataset import PreparedDataset
 from dmesr.enhance.backends import Backend, Request, Result, make_backend
+from dmesr.enhance.backends.base import internal_error
 from dmesr.enhance.cache import CacheContents, CacheWriter, cache_path, read_cache, writers
 from dmesr.enhance.config import EnhanceConfig
 from dmesr.enhance.prompts import IMAGE_VIEWS, VIEWS, Prompt, TemplateSet, image_sha
@@ -278,14 +280,12 @@ async def _drive(
                 results = await backend.generate_batch(reqs)
             except DmesrError:
                 raise  # a setup problem (missing model, bad key): stop, don't mark items
-            except Exception as exc:  # one bad item must not end a long run
-                error = f"internal error: {type(exc).__name__}: {exc}"
-                results = [Result(False, error=error) for _ in reqs]
+            except Exception as exc:  # one bad batch must not end a long run
+                results = [internal_error(exc) for _ in reqs]
             for req, res in zip(reqs, results, strict=True):
                 on_result(req, res)
 
-    batches = -(-len(requests) // max(1, backend.batch_size))
-    n = max(1, min(backend.concurrency, batches))
+    n = max(1, min(backend.concurrency, math.ceil(len(requests) / backend.batch_size)))
     await asyncio.gather(*(worker() for _ in range(n)))
 
 

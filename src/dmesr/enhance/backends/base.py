@@ -39,6 +39,12 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def internal_error(exc: Exception) -> Result:
+    """An unexpected exception while serving one item: a failure of that item (retried on
+    rerun), never the end of a long run."""
+    return Result(False, error=f"internal error: {type(exc).__name__}: {exc}")
+
+
 def judge(
     answer: str | None,
     prompt: str,

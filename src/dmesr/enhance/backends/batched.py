@@ -75,17 +75,20 @@ class BatchDecoder:
             self._lc.llama_free(self._ctx)
             self._ctx = None
 
-    def fits(self, prompt: str, max_tokens: int) -> bool:
-        return len(self.llm.tokenize(prompt.encode())) + max_tokens <= self.seq_ctx
+    def tokenize(self, prompt: str) -> list[int]:
+        return self.llm.tokenize(prompt.encode())  # BOS first, as `create_completion` does
+
+    def fits(self, prompt: list[int], max_tokens: int) -> bool:
+        return len(prompt) + max_tokens <= self.seq_ctx
 
     def complete(
-        self, prompts: list[str], max_tokens: int, repeat_penalty: float, stop: list[str]
+        self, prompts: list[list[int]], max_tokens: int, repeat_penalty: float, stop: list[str]
     ) -> list[Completion]:
-        """Answers for up to `n_seq` prompts, each from a fresh state."""
+        """Answers for up to `n_seq` tokenized prompts, each from a fresh state."""
         if len(prompts) > self.n_seq:
             raise ValueError(f"{len(prompts)} prompts for a context of {self.n_seq} sequences")
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
-        seqs = [_Sequence(i, self.llm.tokenize(p.encode())) for i, p in enumerate(prompts)]
+        seqs = [_Sequence(i, tokens) for i, tokens in enumerate(prompts)]
         logits = self._prefill(seqs)
         active = list(seqs)
         while active:

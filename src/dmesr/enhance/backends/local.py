@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dmesr.config import resolve_path
-from dmesr.enhance.backends.base import Backend, Request, Result, judge
+from dmesr.enhance.backends.base import Backend, Request, Result, internal_error, judge
 from dmesr.enhance.backends.batched import BatchDecoder
 from dmesr.enhance.config import LocalConfig
 from dmesr.enhance.prompts import Prompt, TemplateSet
@@ -130,7 +130,8 @@ class LocalBackend(Backend):
         self._decoders.clear()
 
     async def generate_batch(self, requests: list[Request]) -> list[Result]:
-        if self.batch_size == 1 or any(r.prompt.view != "txt" for r in requests):
+        sampling = self.cfg.temperature > 0  # batches decode greedily only
+        if self.batch_size == 1 or sampling or any(r.prompt.view != "txt" for r in requests):
             return await super().generate_batch(requests)
         return await asyncio.to_thread(self._complete_batch, [r.prompt.text for r in requests])
 
@@ -202,15 +203,14 @@ class LocalBackend(Backend):
         return self._retry(prompt, self._complete_once(prompt, self.cfg.temperature, self.cfg.seed))
 
     def _complete_batch(self, prompts: list[str]) -> list[Result]:
-        """Greedy answers decoded together; a prompt too long for a batch slot, or any
-        prompt when sampling (temperature > 0), goes alone."""
+        """Greedy answers decoded together; a prompt too long for a batch slot goes alone."""
         t0 = time.perf_counter()
         results: dict[int, Result] = {}
         with self._llm() as llm:
             decoder = self._decoder(llm)
-            together = [i for i, p in enumerate(prompts)
-                        if self.cfg.temperature == 0 and decoder.fits(p, self.cfg.max_tokens)]
-            outs = decoder.complete([prompts[i] for i in together], self.cfg.max_tokens,
+            tokens = [decoder.tokenize(p) for p in prompts]
+            together = [i for i, t in enumerate(tokens) if decoder.fits(t, self.cfg.max_tokens)]
+            outs = decoder.complete([tokens[i] for i in together], self.cfg.max_tokens,
                                     self.cfg.repeat_penalty, self.cfg.stop)
         per_item = (time.perf_counter() - t0) / max(1, len(together))
         for i, out in zip(together, outs, strict=True):
@@ -218,11 +218,15 @@ class LocalBackend(Backend):
                         deterministic=True, extra={"tokens": out.tokens, "batch": len(together)})
             results[i] = self._retry(prompts[i], res)
             results[i].latency_s = per_item
-        for i, prompt in enumerate(prompts):
-            if i not in results:
-                t1 = time.perf_counter()
-                results[i] = self._complete(prompt)
-                results[i].latency_s = time.perf_counter() - t1
+        for i in sorted(set(range(len(prompts))) - set(together)):
+            t1 = time.perf_counter()
+            try:
+                results[i] = self._complete(prompts[i])
+            except DmesrError:
+                raise
+            except Exception as exc:  # e.g. longer than n_ctx: this item fails, not the batch
+                results[i] = internal_error(exc)
+            results[i].latency_s = time.perf_counter() - t1
         return [results[i] for i in range(len(prompts))]
 
     def _decoder(self, llm: Any) -> BatchDecoder:
