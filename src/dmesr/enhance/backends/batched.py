@@ -15,6 +15,7 @@ answers equal batch 1's); for the same prompts, order and batch size they are re
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +69,17 @@ class BatchDecoder:
         vocab = lc.llama_model_get_vocab(llm._model.model)
         self._n_vocab = lc.llama_vocab_n_tokens(vocab)
         self._is_eog = lambda tok: bool(lc.llama_vocab_is_eog(vocab, tok))
+        # held while a batch decodes: on Ctrl-C / SIGTERM the runner closes its backend
+        # while worker threads may still be inside llama_decode, and freeing the context
+        # under them segfaults; close() waits for the batch instead (seconds at most)
+        self._busy = threading.Lock()
 
     def close(self) -> None:
-        if self._ctx:
-            self._lc.llama_batch_free(self._batch)
-            self._lc.llama_free(self._ctx)
-            self._ctx = None
+        with self._busy:
+            if self._ctx:
+                self._lc.llama_batch_free(self._batch)
+                self._lc.llama_free(self._ctx)
+                self._ctx = None
 
     def tokenize(self, prompt: str) -> list[int]:
         return self.llm.tokenize(prompt.encode())  # BOS first, as `create_completion` does
@@ -87,6 +93,14 @@ class BatchDecoder:
         """Answers for up to `n_seq` tokenized prompts, each from a fresh state."""
         if len(prompts) > self.n_seq:
             raise ValueError(f"{len(prompts)} prompts for a context of {self.n_seq} sequences")
+        with self._busy:
+            if not self._ctx:
+                raise RuntimeError("the batched context is closed")
+            return self._complete(prompts, max_tokens, repeat_penalty, stop)
+
+    def _complete(
+        self, prompts: list[list[int]], max_tokens: int, repeat_penalty: float, stop: list[str]
+    ) -> list[Completion]:
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
         seqs = [_Sequence(i, tokens) for i, tokens in enumerate(prompts)]
         logits = self._prefill(seqs)
