@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dmesr.models import build_model
-from dmesr.models.dropout import attention, fast_dropout
+from dmesr.models.dropout import attention, byte_mask, fast_dropout
 from dmesr.models.item_encoders import IdEncoder, MultiViewEncoder
 from dmesr.models.sequential import sample_negatives
 from dmesr.train.config import ModelConfig
@@ -41,6 +41,25 @@ def test_attention_paths_agree_and_training_dropout_keeps_the_mask() -> None:
     assert torch.equal(a[..., :3, :], b[..., :3, :])
     assert not torch.allclose(a[..., 3:, :], b[..., 3:, :])
     assert not torch.allclose(a, attention(q, k, v, allowed, 0.5, training=True))  # it drops
+
+
+def test_attention_with_dropout_matches_the_textbook_order() -> None:
+    """The reordered path (scales on q and the output, in-place mask) equals
+    Drop(softmax(mask(q k^T / sqrt(dh)))) v with the same byte mask, values and gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 4, requires_grad=True) for _ in range(3))
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril().expand(3, 1, 6, 6)
+    torch.manual_seed(1)
+    fast = attention(q, k, v, allowed, 0.3, training=True)
+    grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    torch.manual_seed(1)
+    keep, p_q = byte_mask(torch.Size([3, 2, 6, 6]), 0.3, q.device)
+    probs = ((q @ k.transpose(-2, -1)) / 2.0).masked_fill(~allowed, float("-inf")).softmax(-1)
+    ref = (probs * keep / (1 - p_q)) @ v
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert torch.allclose(fast, ref, atol=1e-5)
+    for g_fast, g_ref in zip(grads_fast, grads_ref, strict=True):
+        assert torch.allclose(g_fast, g_ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
