@@ -14,7 +14,7 @@ import pandas as pd
 from dmesr.enhance.cache import cache_path, read_cache
 from dmesr.enhance.config import EnhanceConfig
 from dmesr.enhance.runner import DESCRIPTIONS, run_enhance
-from dmesr.enhance.testing import make_prepared
+from dmesr.enhance.testing import make_prepared, sigterm_enhance_cli
 
 CHILD = """
 import sys
@@ -77,23 +77,12 @@ def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
     config = tmp_path / "enhance.yaml"
     config.write_text(json.dumps({"enhance": section}))  # JSON is YAML
     path = cache_path(EnhanceConfig.model_validate(section).cache_root(ds.root), "txt")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(ds.root), "--config",
-         str(config), "--views", "txt", "--no-progress"],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (path.exists() and path.read_bytes().count(b"\n") >= 30):
-            assert child.poll() is None, "the child ended before it could be stopped"
-            assert time.monotonic() < deadline, "no progress within 60 s"
-            time.sleep(0.01)
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=30)
+        code, err = sigterm_enhance_cli(ds.root, config, path, after_lines=30, timeout_s=60,
+                                        extra_args=("--views", "txt"))
     finally:
-        if child.poll() is None:
-            child.kill()
         s.release()
-    assert child.returncode == 128 + signal.SIGTERM
+    assert code == 128 + signal.SIGTERM
     assert "interrupted" in err and "rerun the same command" in err
     kept = read_cache(path)
     assert kept.bad_lines == 0

@@ -116,12 +116,9 @@ def test_sigterm_mid_batch_exits_cleanly_and_keeps_work(tmp_path):
     are still inside llama_decode; freeing a batched context under them segfaulted."""
     import json
     import signal
-    import subprocess
-    import sys
-    import time
 
     from dmesr.enhance.cache import cache_path, read_cache
-    from dmesr.enhance.testing import make_prepared
+    from dmesr.enhance.testing import make_prepared, sigterm_enhance_cli
 
     n = 120
     ds = make_prepared(tmp_path / "data", n_items=n, with_image=[False] * n)
@@ -130,22 +127,8 @@ def test_sigterm_mid_batch_exits_cleanly_and_keeps_work(tmp_path):
     config = tmp_path / "enhance.yaml"
     config.write_text(json.dumps({"enhance": section}))  # JSON is YAML
     path = cache_path(EnhanceConfig.model_validate(section).cache_root(ds.root), "txt")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(ds.root), "--config",
-         str(config), "--no-progress"],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not (path.exists() and path.read_bytes().count(b"\n") >= 4):
-            assert child.poll() is None, "the child ended before it could be stopped"
-            assert time.monotonic() < deadline, "no answer within 180 s"
-            time.sleep(0.05)
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    code, err = sigterm_enhance_cli(ds.root, config, path, after_lines=4, timeout_s=180)
+    assert code == 128 + signal.SIGTERM, err[-2000:]
     assert "interrupted" in err
     kept = read_cache(path)
     assert kept.bad_lines == 0 and 4 <= len(kept.records) < n

@@ -231,3 +231,32 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float, h
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"llama server not ready after {timeout_s}s: {log.read_text()[-2000:]}")
+
+
+def sigterm_enhance_cli(data: Path, config: Path, cache_file: Path, after_lines: int,
+                        timeout_s: float, extra_args: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Run `dmesr enhance` in a child, SIGTERM it once `cache_file` holds `after_lines`
+    answers, and return (exit code, stderr). The child must still be running then."""
+    import os
+    import signal
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(data), "--config",
+         str(config), "--no-progress", *extra_args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (cache_file.exists() and cache_file.read_bytes().count(b"\n") >= after_lines):
+            if child.poll() is not None:
+                raise AssertionError("the child ended before it could be stopped: "
+                                     f"{child.stderr.read()[-2000:] if child.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {after_lines} answers within {timeout_s} s")
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=timeout_s)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, err
