@@ -123,3 +123,19 @@ def test_a_prompt_too_long_for_the_batch_fails_alone(monkeypatch) -> None:
     assert [r.ok for r in results] == [True, False, True]
     assert results[0].text == "A summary of a 9 token prompt."
     assert "exceed context window" in (results[1].error or "")
+
+
+def test_llama_cpp_warnings_go_to_logging_and_errors_to_stderr(capsys, caplog) -> None:
+    """llama.cpp's WARN (3) printed as an error through llama-cpp-python and broke the
+    progress bar; continuation lines (5) follow the level of the line they continue."""
+    from dmesr.enhance.backends.local import llama_log
+
+    with caplog.at_level("WARNING", logger="dmesr.llama_cpp"):
+        llama_log(3, "llama_kv_cache_iswa: using full-size SWA cache\n")
+        llama_log(5, "  (continued)\n")
+        llama_log(2, "llama_kv_cache: size = 15 MiB\n")
+        llama_log(4, "llama_decode: failed\n")
+        llama_log(5, " with code 1\n")
+    assert capsys.readouterr().err == "llama_decode: failed\n with code 1\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "llama_kv_cache_iswa: using full-size SWA cache", "(continued)"]

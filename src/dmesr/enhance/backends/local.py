@@ -15,7 +15,10 @@ pipeline runs and is tested offline. Use the `openai` backend with a real MLLM f
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -54,6 +57,40 @@ def warn_if_amx_build() -> None:
 
     if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
         warnings.warn(AMX_HINT, RuntimeWarning, stacklevel=2)
+
+
+# ggml's log levels (ggml.h); llama-cpp-python 0.3.x maps them with an older enum, so
+# llama.cpp warnings (3) print as errors: one "using full-size SWA cache" line per
+# batched context, breaking the progress bar. Here warnings go to logging, errors to stderr.
+GGML_LOG_WARN, GGML_LOG_ERROR, GGML_LOG_CONT = 3, 4, 5
+LLAMA_LOG = logging.getLogger("dmesr.llama_cpp")
+LLAMA_LOG.addHandler(logging.NullHandler())  # no "last resort" printing when unconfigured
+_log_state = {"level": 0, "callback": None}
+
+
+def llama_log(level: int, text: str) -> None:
+    """Route one llama.cpp log message: errors to stderr, warnings to `dmesr.llama_cpp`
+    (logging, silent unless configured), the rest dropped."""
+    if level == GGML_LOG_CONT:
+        level = _log_state["level"]
+    _log_state["level"] = level
+    if level == GGML_LOG_ERROR:
+        print(text, end="", file=sys.stderr, flush=True)
+    elif level == GGML_LOG_WARN:
+        LLAMA_LOG.warning(text.strip())
+
+
+def quiet_llama_logs() -> None:
+    """Install `llama_log` as llama.cpp's log callback (once per process)."""
+    import llama_cpp
+
+    if _log_state["callback"] is None:
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            llama_log(level, text.decode("utf-8", errors="replace"))
+
+        _log_state["callback"] = callback  # ctypes callbacks must outlive their use
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def packaged_gguf() -> Path:
@@ -172,6 +209,7 @@ class LocalBackend(Backend):
                 "the local backend needs llama-cpp-python: pip install 'llama-cpp-python[server]'"
             ) from exc
         warn_if_amx_build()
+        quiet_llama_logs()
         path = resolve_path(self.cfg.gguf_path) if self.cfg.gguf_path else packaged_gguf()
         return Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
                      n_threads_batch=self.cfg.n_threads, n_batch=self.cfg.n_batch,
