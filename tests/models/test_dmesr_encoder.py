@@ -242,3 +242,32 @@ def test_feature_norm_standardizes_the_encoder_inputs_only_when_asked():
     present = std.m0_mask
     assert torch.allclose(std.m0[present].mean(0), torch.zeros(12), atol=1e-5)
     assert torch.all(std.m0[~present] == 0)
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
+def test_whole_catalogue_path_equals_the_gather(fusion):
+    """`fused(ids, whole=True)` reads the tables without gathering rows: same output, and
+    in training the same gradients (one dropout draw for both)."""
+    enc = _encoder(fusion=fusion, out_views=["text", "mllm", "id"])
+    ids = torch.arange(N_ITEMS + 1)
+    grads = []
+    for whole in (False, True):
+        enc.train()
+        enc.zero_grad()
+        torch.manual_seed(0)
+        out = enc.fused(ids, whole=whole)
+        out.square().sum().backward()
+        grads.append([p.grad.clone() for p in enc.parameters() if p.grad is not None])
+        enc.eval()
+        with torch.no_grad():
+            assert torch.equal(enc.fused(ids, whole=whole), enc.fused(ids))
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_input_dropout_is_its_own_switch():
+    enc = _encoder(adapter_dropout=0.3, input_dropout=0.0)
+    adapters = [*enc.m_adapters, *enc.t_adapters]
+    assert all(a.dropout.p == 0.0 for a in adapters)
+    assert all(a.net[2].p == 0.3 for a in adapters)  # the hidden dropout stays
+    assert all(a.dropout.p == 0.3 for a in _encoder(adapter_dropout=0.3).m_adapters)

@@ -29,7 +29,7 @@ def fast_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     keep, p_q = byte_mask(x.shape, p, x.device)
     if p_q >= 1:
         return x * 0.0
-    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p_q)))
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p_q))  # in place: one pass fewer
 
 
 class FastDropout(torch.nn.Module):
