@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="variants whose name starts with one of these "
                         "(id is always run: the ratios are to it)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON to write (default {RESULTS.relative_to(REPO)}; a partial run "
+                             "with --only writes only where --out says)")
     args = parser.parse_args()
     variants = {n: o for n, o in VARIANTS.items()
                 if n == "id" or not args.only or any(n.startswith(p) for p in args.only)}
@@ -89,11 +91,15 @@ def main() -> None:
         rows.append({"variant": name, "ms_per_step": round(ms, 1),
                      "ratio_to_id": round(ms / (base * 1000), 2)})
         print(f"{name:52s} {ms:8.1f} ms/step  x{ms / (base * 1000):.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
-                                   "max_len": cfg.model.max_len, "threads": args.threads,
-                                   "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or (None if args.only else RESULTS)
+    if out is None:
+        print("partial run (--only): the full results file is left alone; pass --out to save")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": str(args.data), "batch_size": bs,
+                               "max_len": cfg.model.max_len, "threads": args.threads,
+                               "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

