@@ -26,7 +26,8 @@ def test_vocabulary_has_exactly_the_spec_names() -> None:
     assert set(grid.ablations) == set(VOCABULARY) - set(grid.variants)
 
 
-@pytest.mark.parametrize("name", ["grid_ml100k", "grid_ml100k_posters", "grid_hm", "grid_tiny"])
+@pytest.mark.parametrize("name", ["grid_ml100k", "grid_ml100k_posters", "grid_hm", "grid_tiny",
+                                  "input_dropout_ml100k"])
 def test_every_cell_of_the_shipped_grids_is_a_valid_run_config(name: str, tmp_path) -> None:
     grid = load_grid(EXP / f"{name}.yaml", [f"out={tmp_path}"])
     cells = expand(grid)
