@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,11 @@ def aggregate(runs: list[dict]) -> dict:
         values = np.array([r[key] for r in runs], dtype=float)
         row[key] = float(values.mean())
         row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    row["stopped"] = sorted({str(r.get("stopped")) for r in runs})
+    # runs cached before the worker told early stopping from max epochs say both
+    reasons = Counter(str(r.get("stopped")).replace("early stopping or max epochs",
+                                                    "early stopping") for r in runs)
+    row["stopped"] = [f"{why} ×{n}" if len(runs) > 1 else why
+                      for why, n in sorted(reasons.items())]
     row["budget_minutes"] = sorted({r["budget_minutes"] for r in runs})
     return row
 
@@ -193,8 +198,7 @@ def markdown_table(rows: list[dict]) -> str:
         def metric(key: str, r: dict = r) -> str:
             return (f"{r[key]:.4f} ± {r[key + '_std']:.4f}" if r["seeds"] > 1
                     else f"{r[key]:.4f}")
-        stopped = ", ".join(s.replace("early stopping or max epochs", "early stopping")
-                            for s in r["stopped"])  # runs cached before the worker said which
+        stopped = ", ".join(r["stopped"])
         lines.append(
             f"| {'dmesr' if r['system'] == 'dmesr' else 'RecBole'} | {r['model']} "
             f"| {r['seeds']} | {metric('test_full_NDCG@10')} | {metric('test_full_HR@10')} "

@@ -44,19 +44,24 @@ def test_aggregate_reports_every_budget_used() -> None:
     assert row["test_full_NDCG@10"] == pytest.approx(2.0)
     assert row["test_full_NDCG@10_std"] == pytest.approx(2 ** 0.5)
     assert row["budget_minutes"] == [6.0, 140.0]
-    assert row["stopped"] == ["early stopping", "time budget (6.0 min)"]
+    assert row["stopped"] == ["early stopping ×1", "time budget (6.0 min) ×1"]
+    # runs cached before the worker told early stopping from max epochs count as one reason
+    for run, why in zip(runs, ["early stopping or max epochs", "early stopping"], strict=True):
+        run["stopped"] = why
+    assert aggregate(runs)["stopped"] == ["early stopping ×2"]
+    assert aggregate(runs[:1])["stopped"] == ["early stopping"]
 
 
 def test_markdown_table_row() -> None:
     row = {"system": "recbole", "model": "GRU4Rec", "seeds": 2, "budget_minutes": [140.0],
-           "stopped": ["early stopping or max epochs"], "s_per_epoch": 66.6, "epochs": 45.5,
+           "stopped": ["early stopping ×2"], "s_per_epoch": 66.6, "epochs": 45.5,
            "best_epoch": 34.5, "time_to_best_s": 2376.0, "peak_rss_mb": 1557.2,
            "test_full_NDCG@10": 0.0618, "test_full_NDCG@10_std": 0.0075,
            "test_full_HR@10": 0.1256, "test_full_HR@10_std": 0.0142}
     lines = markdown_table([row]).splitlines()
     assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|")
     assert lines[2] == ("| RecBole | GRU4Rec | 2 | 0.0618 ± 0.0075 | 0.1256 ± 0.0142 | 66.6 "
-                        "| 45.5 (34.5) | 39.6 min | 1,557 MB | 140 min | early stopping |")
+                        "| 45.5 (34.5) | 39.6 min | 1,557 MB | 140 min | early stopping ×2 |")
 
 
 def test_published_runs_are_restored_without_overwriting(tmp_path: Path) -> None:
