@@ -38,7 +38,9 @@ def run(data: Path, n: int, batch: int, max_tokens: int, cache: Path) -> tuple[f
     t0 = time.perf_counter()
     summary = run_enhance(data, cfg, limit=n, progress=False, log=lambda _: None)
     seconds = time.perf_counter() - t0
-    assert summary.sent["txt"] == n, summary.sent
+    if summary.sent["txt"] != n:
+        raise SystemExit(f"batch {batch}: {summary.sent['txt']} of {n} descriptions were "
+                         f"generated ({summary.sent}); the timing would not compare")
     desc = pd.read_parquet(cfg.cache_root(data) / DESCRIPTIONS)
     return seconds, desc[desc.view == "txt"].set_index("item")["text"]
 

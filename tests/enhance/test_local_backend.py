@@ -134,3 +134,14 @@ def test_sigterm_mid_batch_exits_cleanly_and_keeps_work(tmp_path):
     assert "interrupted" in err
     kept = read_cache(path)
     assert kept.bad_lines == 0 and 4 <= len(kept.records) < n
+
+
+def test_a_llama_without_the_model_handle_names_the_setting_that_avoids_it():
+    from types import SimpleNamespace
+
+    from dmesr.enhance.backends.batched import model_handle
+    from dmesr.errors import DmesrError
+
+    assert model_handle(SimpleNamespace(_model=SimpleNamespace(model=7))) == 7
+    with pytest.raises(DmesrError, match=r"_model\.model.*enhance\.local\.batch: 1"):
+        model_handle(SimpleNamespace(_model=None))

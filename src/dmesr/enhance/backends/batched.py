@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from dmesr.errors import DmesrError
+
 PENALTY_LAST_N = 64  # llama-cpp-python's default `last_n_tokens_size`
 
 
@@ -43,6 +45,21 @@ class _Sequence:
         return len(self.prompt) + len(self.generated)
 
 
+def model_handle(llm: Any) -> Any:
+    """The C model pointer inside a loaded `Llama`. llama-cpp-python has no public accessor,
+    so this reads `llm._model.model` (checked with 0.3.36, the pinned version) and says so
+    when another version moved it, rather than failing with an AttributeError."""
+    handle = getattr(getattr(llm, "_model", None), "model", None)
+    if handle is None:
+        import llama_cpp
+
+        raise DmesrError(
+            f"batched decoding needs Llama._model.model, which llama-cpp-python "
+            f"{getattr(llama_cpp, '__version__', '?')} does not have (0.3.36 does); "
+            "set enhance.local.batch: 1 to decode one prompt at a time")
+    return handle
+
+
 class BatchDecoder:
     """One llama.cpp context with `n_seq` sequences of `seq_ctx` tokens each, next to a
     loaded `Llama` (its model, tokenizer and detokenizer are shared)."""
@@ -62,11 +79,12 @@ class BatchDecoder:
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = n_threads
-        self._ctx = lc.llama_init_from_model(llm._model.model, params)
+        model = model_handle(llm)
+        self._ctx = lc.llama_init_from_model(model, params)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a batched context")
         self._batch = lc.llama_batch_init(max(n_batch, n_seq), 0, 1)
-        vocab = lc.llama_model_get_vocab(llm._model.model)
+        vocab = lc.llama_model_get_vocab(model)
         self._n_vocab = lc.llama_vocab_n_tokens(vocab)
         self._is_eog = lambda tok: bool(lc.llama_vocab_is_eog(vocab, tok))
         # held while a batch decodes: on Ctrl-C / SIGTERM the runner closes its backend
