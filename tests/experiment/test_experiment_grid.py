@@ -27,7 +27,7 @@ def test_vocabulary_has_exactly_the_spec_names() -> None:
 
 
 @pytest.mark.parametrize("name", ["grid_ml100k", "grid_ml100k_posters", "grid_hm", "grid_tiny",
-                                  "input_dropout_ml100k"])
+                                  "input_dropout_ml100k", "tune_gru4rec_hm"])
 def test_every_cell_of_the_shipped_grids_is_a_valid_run_config(name: str, tmp_path) -> None:
     grid = load_grid(EXP / f"{name}.yaml", [f"out={tmp_path}"])
     cells = expand(grid)
