@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("dmesr.report.commands:report", "Tables, p-values and plots of an experiment."),
     "pipeline": ("dmesr.pipeline:pipeline",
                  "The whole job: prepare, enhance, embed, train, evaluate, table."),
+    "recommend": ("dmesr.serve.commands:recommend",
+                  "Top-K items for users or histories from a trained run."),
+    "serve": ("dmesr.serve.commands:serve", "Serve top-K recommendations over HTTP (JSON)."),
 }
 
 

@@ -29,7 +29,7 @@ from dmesr.io import load_npy, read_json
 if TYPE_CHECKING:
     import pandas as pd
 
-Split = Literal["train", "valid", "test"]
+Split = Literal["train", "valid", "test", "all"]
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,12 @@ class PreparedDataset:
         return self._csr[1]
 
     def split(self, name: Split) -> SplitView:
-        """Histories (and targets) for one leave-one-out split, for every user 1..U."""
+        """Histories (and targets) for one leave-one-out split, for every user 1..U;
+        "all" is every known interaction (what serving recommends after), no targets."""
         indptr, items = self._csr
         users = np.arange(1, self.n_users + 1, dtype=np.int64)
         starts, ends = indptr[1:-1], indptr[2:]
-        drop = {"train": 2, "valid": 2, "test": 1}[name]
+        drop = {"train": 2, "valid": 2, "test": 1, "all": 0}[name]
         hist_ends = ends - drop
         lengths = hist_ends - starts
         mask = np.zeros(len(items), dtype=bool)
@@ -148,7 +149,7 @@ class PreparedDataset:
         mask[idx] = True
         new_indptr = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(lengths, out=new_indptr[1:])
-        if name == "train":
+        if name in ("train", "all"):
             targets = np.zeros(len(users), dtype=np.int32)
         else:
             targets = items[hist_ends]

@@ -6,26 +6,17 @@ from pathlib import Path
 
 import click
 
-from dmesr.config import load_config
 from dmesr.io import read_json, write_json
 
 
 def evaluate_run(run: Path) -> dict:
     """Recompute valid/test metrics of a run's best checkpoint (keeps its train.* keys)."""
-    from dmesr.models import build_model
-    from dmesr.train.checkpoint import load_checkpoint
-    from dmesr.train.commands import open_dataset
-    from dmesr.train.config import RunConfig
+    from dmesr.train.commands import load_trained_run
     from dmesr.train.trainer import evaluate_run_model
 
-    cfg = load_config(RunConfig, [run / "config.yaml"])
-    ds = open_dataset(cfg.dataset)
-    ds.check_hash(read_json(run / "run.json")["dataset"]["content_hash"], f"run {run}")
-    model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity(),
-                        dataset=ds)
-    load_checkpoint(run / "checkpoints" / "best.safetensors", model)
+    trained = load_trained_run(run)
     old = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
-    metrics = {**old, **evaluate_run_model(model, ds, cfg, run)}
+    metrics = {**old, **evaluate_run_model(trained.model, trained.dataset, trained.config, run)}
     write_json(run / "metrics.json", metrics)
     return metrics
 

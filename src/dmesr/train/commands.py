@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
 from dmesr.errors import DmesrError
-from dmesr.io import exclusive, is_locked, write_json
+from dmesr.io import exclusive, is_locked, read_json, write_json
 from dmesr.train.config import DatasetRef, RunConfig
+
+if TYPE_CHECKING:
+    from dmesr.models.sequential import SequentialRecommender
 
 
 def open_dataset(ref: DatasetRef) -> PreparedDataset:
@@ -23,6 +28,40 @@ def open_dataset(ref: DatasetRef) -> PreparedDataset:
 
         return prepare(load_config(DatasetConfig, [ref.config_file()]), root)
     return PreparedDataset(root)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run directory loaded for inference: its config, dataset and weights."""
+
+    path: Path
+    config: RunConfig
+    dataset: PreparedDataset
+    model: SequentialRecommender
+    checkpoint: Path
+
+
+def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
+    """The model of a run (`best` or `last` checkpoint, in eval mode) on the dataset it was
+    trained on; a dataset whose content hash changed since is refused."""
+    from dmesr.models import build_model
+    from dmesr.train.checkpoint import load_checkpoint
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file() or not (run / "run.json").is_file():
+        raise DmesrError(f"{run} is not a run directory (no config.yaml / run.json); "
+                         "give the folder that `dmesr train --out` wrote")
+    ckpt = run / "checkpoints" / f"{checkpoint}.safetensors"
+    if not ckpt.is_file():
+        raise DmesrError(f"{ckpt} does not exist: the run has not finished an epoch yet; "
+                         "let `dmesr train` run (it resumes) or choose another run")
+    cfg = load_config(RunConfig, [run / "config.yaml"])
+    ds = open_dataset(cfg.dataset)
+    ds.check_hash(read_json(run / "run.json")["dataset"]["content_hash"], f"run {run}")
+    model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity(),
+                        dataset=ds)
+    load_checkpoint(ckpt, model)
+    return TrainedRun(run, cfg, ds, model.eval(), ckpt)
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = True) -> dict[str, float]:
