@@ -58,6 +58,8 @@ def test_pipeline_end_to_end_and_cached_rerun(tmp_path: Path, capsys: pytest.Cap
         assert {"mllm_txt", "text_title", "text_genres"} <= features
         assert "mllm_img" not in features  # no images: img and mm are missing, not invented
         assert n_requests > 0
+        hint = next(line for line in logs if line.startswith("top-K lists: dmesr recommend"))
+        assert "/dmesr/seed" in hint  # the DMESR run, which `dmesr recommend` can load
         logs.clear()
         capsys.readouterr()
         run_pipeline(config, log=logs.append, progress=False)

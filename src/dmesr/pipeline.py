@@ -12,11 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import BaseModel, ConfigDict, Field
 
 from dmesr.config import build, load_yaml, resolve_path
+
+if TYPE_CHECKING:
+    from dmesr.experiment.config import GridConfig
 
 Log = Callable[[str], None]
 
@@ -75,7 +79,22 @@ def run_pipeline(path: Path, log: Log = click.echo, progress: bool = True) -> Pa
     results = grid.results_path()
     log(summary_table(results / "results.csv", cfg.show_metrics))
     log(f"\nfull report: {results / 'results.md'}  (total {time.perf_counter() - t_all:.0f}s)")
+    served = _servable_run(grid)
+    if served is not None:
+        from dmesr.data.dataset import PreparedDataset
+
+        user = PreparedDataset(p["prepared"]).users["user_key"].iloc[0]
+        log(f"top-K lists: dmesr recommend --run {served} --user {user} -k 10")
     return results
+
+
+def _servable_run(grid: GridConfig) -> Path | None:
+    """The last finished run of the grid (DMESR's when the grid has it), for the hint."""
+    from dmesr.experiment.cells import expand
+
+    done = [c for c in expand(grid) if (c.out / "checkpoints" / "best.safetensors").is_file()]
+    done.sort(key=lambda c: c.variant == "dmesr")
+    return done[-1].out if done else None
 
 
 def summary_table(csv: Path, metrics: list[str]) -> str:
