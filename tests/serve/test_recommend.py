@@ -194,3 +194,14 @@ def test_http_answers_like_the_api_and_rejects_bad_requests(server, rec) -> None
         assert status == 400 and message in body["error"]
     status, body = post(server + "/nowhere", {})
     assert status == 404
+
+
+def test_latency_benchmark_runs_on_a_run(run_dir) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from recommend_latency import measure
+
+    row = measure(run_dir, k=3, n_single=4)
+    assert row["users"] > 0 and row["all_users_per_s"] > 0
+    assert 0 < row["single_ms_median"] <= row["single_ms_p95"]
