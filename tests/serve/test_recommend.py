@@ -129,8 +129,11 @@ def test_unknown_users_and_items_are_named(rec) -> None:
         rec.for_histories([[0, 1]])
 
 
-def test_not_a_run_directory(tmp_path) -> None:
-    with pytest.raises(DmesrError, match="not a run directory"):
+def test_not_a_run_directory(run_dir, tmp_path) -> None:
+    with pytest.raises(DmesrError, match=r"not a run directory.*dmesr train --out"):
+        Recommender.from_run(tmp_path)
+    (tmp_path / "seed7").symlink_to(run_dir)  # `dmesr train --seeds` writes OUT/seed<N>
+    with pytest.raises(DmesrError, match=r"one run per seed: .*seed7"):
         Recommender.from_run(tmp_path)
 
 

@@ -49,8 +49,10 @@ def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
 
     run = Path(run)
     if not (run / "config.yaml").is_file() or not (run / "run.json").is_file():
-        raise DmesrError(f"{run} is not a run directory (no config.yaml / run.json); "
-                         "give the folder that `dmesr train --out` wrote")
+        seeds = sorted(p.name for p in run.glob("seed*") if (p / "run.json").is_file())
+        hint = (f"it holds one run per seed: {run / seeds[0]}, …" if seeds else
+                "give the folder that `dmesr train --out` wrote")
+        raise DmesrError(f"{run} is not a run directory (no config.yaml / run.json); {hint}")
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors"
     if not ckpt.is_file():
         raise DmesrError(f"{ckpt} does not exist: the run has not finished an epoch yet; "
