@@ -21,7 +21,6 @@ import torch
 
 from dmesr.errors import DmesrError
 from dmesr.eval.evaluate import MAX_SCORES_PER_CHUNK
-from dmesr.models.sequential import SequentialRecommender
 from dmesr.train.commands import TrainedRun, load_trained_run
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ class Recommender:
         self._user_id = {str(k): int(u) for u, k in zip(ds.users["user"], ds.users["user_key"],
                                                         strict=True)}
         self._known = ds.split("all")
-        self._item_side: tuple[torch.nn.Module, torch.Tensor] | None = None
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best") -> Recommender:
@@ -147,8 +145,10 @@ class Recommender:
             last = h[-self.max_len:]
             if len(last):
                 seq[row, -len(last):] = torch.from_numpy(last)
+        # DMESR's encoder keeps its item table while in eval mode: no item fusion per call
+        scores = self.model.full_sort_predict({"seq": seq})[:, : self.n_items + 1]
         # a copy: a model may return a view of its own buffers (Pop expands one row)
-        scores = self._scores(seq)[:, : self.n_items + 1].to(torch.float32, copy=True)
+        scores = scores.to(torch.float32, copy=True)
         scores[:, 0] = float("-inf")
         if exclude_seen:
             lengths = torch.tensor([len(h) for h in histories])
@@ -160,17 +160,6 @@ class Recommender:
         top = scores.gather(1, order)
         order = order.masked_fill(top == float("-inf"), 0)
         return order.numpy(), top.numpy()
-
-    def _scores(self, seq: torch.Tensor) -> torch.Tensor:
-        """`full_sort_predict`, with the item side computed once: it does not depend on the
-        user and the weights do not change while serving (DMESR's item fusion over the whole
-        catalogue would otherwise run on every request)."""
-        model = self.model
-        if not isinstance(model, SequentialRecommender):
-            return model.full_sort_predict({"seq": seq})
-        if self._item_side is None or self._item_side[0] is not model:
-            self._item_side = (model, model.item_matrix())
-        return model.user_repr({"seq": seq}) @ self._item_side[1].T
 
     def ranked_items(self, top: TopK, row: int) -> list[dict[str, Any]]:
         """Row `row` of `top` as [{rank, item_key, score, <label field>}] (for JSON)."""
