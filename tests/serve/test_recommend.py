@@ -208,3 +208,15 @@ def test_latency_benchmark_runs_on_a_run(run_dir) -> None:
     row = measure(run_dir, k=3, n_single=4)
     assert row["users"] > 0 and row["all_users_per_s"] > 0
     assert 0 < row["single_ms_median"] <= row["single_ms_p95"]
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_lists_as_of_evaluation_reproduce_the_runs_hit_rate(split, run_dir, rec) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for k in (5, 10, 20):
+        top = rec.for_users(rec.user_keys, k, as_of=split)
+        hits = (top.items == top.targets[:, None]).any(axis=1)
+        assert hits.mean() == pytest.approx(metrics[f"{split}.full.HR@{k}"], abs=1e-9)
+    table = rec.table(top, rec.user_keys)
+    assert table["hit"].sum() == hits.sum()
+    assert (table.loc[table.hit, "item_key"] == table.loc[table.hit, "target_item_key"]).all()

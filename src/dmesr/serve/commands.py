@@ -47,6 +47,10 @@ def write_table(frame, out: Path, meta: dict) -> None:
 @click.option("--include-seen", is_flag=True, help="keep items the history already holds")
 @click.option("--skip-unknown", is_flag=True,
               help="leave out history items that are not in the catalogue instead of stopping")
+@click.option("--as-of", default="all", show_default=True,
+              type=click.Choice(["all", "valid", "test"]),
+              help="known users: after their whole history (all), or as evaluated, before "
+                   "the held-out item, with columns target_item_key and hit")
 @click.option("--checkpoint", default="best", show_default=True,
               type=click.Choice(["best", "last"]))
 @click.option("--out", type=click.Path(path_type=Path),
@@ -54,7 +58,7 @@ def write_table(frame, out: Path, meta: dict) -> None:
                    "instead of printing them")
 def recommend(run: Path, users: tuple[str, ...], users_file: Path | None, all_users: bool,
               histories: tuple[str, ...], k: int, include_seen: bool, skip_unknown: bool,
-              checkpoint: str, out: Path | None) -> None:
+              as_of: str, checkpoint: str, out: Path | None) -> None:
     """Top-K items for known users (after their whole history) or for given histories."""
     import pandas as pd
 
@@ -69,7 +73,13 @@ def recommend(run: Path, users: tuple[str, ...], users_file: Path | None, all_us
     exclude = not include_seen
     frames = []
     if keys:
-        frames.append(rec.table(rec.for_users(keys, k, exclude), keys, "user_key"))
+        top = rec.for_users(keys, k, exclude, as_of)  # type: ignore[arg-type]
+        frames.append(rec.table(top, keys, "user_key"))
+        if top.targets is not None:
+            hits = (top.items == top.targets[:, None]).any(axis=1)
+            click.echo(f"as of {as_of}: the held-out item is in the top {k} for "
+                       f"{hits.sum():,} of {len(keys):,} users (HR@{k} {hits.mean():.4f})",
+                       err=True)
     if histories:
         ids = [rec.item_ids([x.strip() for x in h.split(",") if x.strip()],
                             "skip" if skip_unknown else "error", f"--history {i + 1}")
@@ -82,7 +92,7 @@ def recommend(run: Path, users: tuple[str, ...], users_file: Path | None, all_us
             click.echo(table.to_string(index=False))
         return
     write_table(table, out, provenance(
-        what="top-K recommendations", **rec.describe(), k=k, exclude_seen=exclude,
+        what="top-K recommendations", **rec.describe(), k=k, exclude_seen=exclude, as_of=as_of,
         users_asked=len(keys), histories_asked=len(histories), rows=len(table)))
     click.echo(f"wrote {len(table):,} rows for {len(keys) + len(histories):,} users to {out}")
 

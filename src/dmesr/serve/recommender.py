@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from dmesr.data.dataset import SplitView
 from dmesr.errors import DmesrError
 from dmesr.eval.evaluate import MAX_SCORES_PER_CHUNK
 from dmesr.train.commands import TrainedRun, load_trained_run
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 UnknownItems = Literal["error", "skip"]
+AsOf = Literal["all", "valid", "test"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class TopK:
 
     items: np.ndarray
     scores: np.ndarray
+    targets: np.ndarray | None = None  # [B] held-out item ids when ranked as of valid/test
 
 
 class Recommender:
@@ -59,7 +62,7 @@ class Recommender:
             self.labels[ids] = values.where(values.notna(), None).to_numpy(object)
         self._user_id = {str(k): int(u) for u, k in zip(ds.users["user"], ds.users["user_key"],
                                                         strict=True)}
-        self._known = ds.split("all")
+        self._splits: dict[str, SplitView] = {}
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best") -> Recommender:
@@ -105,18 +108,28 @@ class Recommender:
         return ids
 
     # ---- ranking -----------------------------------------------------------------------
-    def for_users(self, user_keys: Sequence[object], k: int = 10,
-                  exclude_seen: bool = True) -> TopK:
-        """Top-k after each known user's whole history."""
+    def for_users(self, user_keys: Sequence[object], k: int = 10, exclude_seen: bool = True,
+                  as_of: AsOf = "all") -> TopK:
+        """Top-k after each known user's whole history (`as_of="all"`), or as the model
+        ranked at evaluation time: before the validation or test item (`targets` then
+        holds that item, so a list can be checked against the metrics)."""
         rows = self.user_ids(user_keys) - 1  # split rows are user id - 1
-        known = self._known
-        lo, hi = known.indptr[rows], known.indptr[rows + 1]
-        return self.for_histories([known.items[a:b] for a, b in zip(lo, hi, strict=True)],
-                                  k, exclude_seen)
+        view = self._splits.get(as_of)
+        if view is None:
+            view = self._splits[as_of] = self.run.dataset.split(as_of)
+        lo, hi = view.indptr[rows], view.indptr[rows + 1]
+        histories = [view.items[a:b] for a, b in zip(lo, hi, strict=True)]
+        if as_of == "all":
+            return self.for_histories(histories, k, exclude_seen)
+        # as evaluation does: a held-out item bought before as well stays a candidate
+        targets = view.targets[rows].astype(np.int64)
+        top = self.for_histories(histories, k, exclude_seen, spare=targets)
+        return TopK(top.items, top.scores, targets)
 
     def for_histories(self, histories: Sequence[Sequence[int] | np.ndarray], k: int = 10,
-                      exclude_seen: bool = True) -> TopK:
-        """Top-k after each history of item ids (oldest first)."""
+                      exclude_seen: bool = True, spare: np.ndarray | None = None) -> TopK:
+        """Top-k after each history of item ids (oldest first); `spare` [B] is an item per
+        history that stays a candidate even when the history holds it."""
         if k < 1:
             raise DmesrError(f"k must be at least 1, got {k}")
         for i, h in enumerate(histories):
@@ -130,7 +143,8 @@ class Recommender:
         items, scores = [], []
         for lo in range(0, len(histories), chunk):
             part = [np.asarray(h, dtype=np.int64) for h in histories[lo:lo + chunk]]
-            ids, vals = self._top_k(part, k, exclude_seen)
+            ids, vals = self._top_k(part, k, exclude_seen,
+                                    None if spare is None else spare[lo:lo + chunk])
             items.append(ids)
             scores.append(vals)
         if not items:
@@ -138,8 +152,8 @@ class Recommender:
         return TopK(np.concatenate(items), np.concatenate(scores))
 
     @torch.no_grad()
-    def _top_k(self, histories: list[np.ndarray], k: int,
-               exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _top_k(self, histories: list[np.ndarray], k: int, exclude_seen: bool,
+               spare: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         seq = torch.zeros(len(histories), self.max_len, dtype=torch.long)
         for row, h in enumerate(histories):  # one slice per user, no loop over items
             last = h[-self.max_len:]
@@ -154,6 +168,9 @@ class Recommender:
             lengths = torch.tensor([len(h) for h in histories])
             rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
             seen = torch.from_numpy(np.concatenate(histories)) if len(rows) else rows
+            if spare is not None:
+                kept = seen != torch.from_numpy(spare)[rows]
+                rows, seen = rows[kept], seen[kept]
             scores[rows, seen] = float("-inf")
         # a stable sort keeps equal scores in item-id order: reproducible lists
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
@@ -190,4 +207,8 @@ class Recommender:
                  "score": top.scores.ravel()[keep].astype(np.float64)}
         if self.labels is not None:
             frame[self.label_field] = self.labels[items]
+        if top.targets is not None:
+            targets = np.repeat(top.targets, k)[keep]
+            frame["target_item_key"] = self.item_keys[targets]
+            frame["hit"] = items == targets
         return pd.DataFrame(frame)
