@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,10 +68,22 @@ def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = True) -> dict[str, float]:
+    from dmesr.train.distributed import init_from_env, on_main
     from dmesr.train.trainer import Trainer
 
-    with exclusive(out, "dmesr train"):  # two trainers in one folder would corrupt it
+    ranks = init_from_env()
+    with ExitStack() as stack:
+        # two trainers in one folder would corrupt it (under torchrun: rank 0 holds the lock)
+        on_main(ranks, lambda: stack.enter_context(exclusive(out, "dmesr train")))
+        on_main(ranks, lambda: open_dataset(cfg.dataset) and None)  # prepared once, if absent
         return Trainer(cfg, open_dataset(cfg.dataset), out).fit(resume=resume)
+
+
+def _delete_run(out: Path) -> None:
+    if out.exists():
+        if any(is_locked(d) for d in (out, *out.glob("seed*"))):
+            raise DmesrError(f"{out} is in use by a running `dmesr train`; not deleting it")
+        shutil.rmtree(out)
 
 
 def _print_summary(metrics: dict[str, float], out: Path) -> None:
@@ -91,21 +104,26 @@ def train(configs: tuple[str, ...], out: Path, seeds: str | None, overwrite: boo
           overrides: tuple[str, ...]) -> None:
     """Train a model; resumes from OUT's last checkpoint if the run was interrupted.
 
-    OVERRIDES are dotted settings such as model.dropout=0.3 train.lr=0.002.
+    OVERRIDES are dotted settings such as model.dropout=0.3 train.lr=0.002. Under
+    `torchrun --nproc-per-node N -m dmesr.cli train ...` the N processes train one model
+    data-parallel (src/dmesr/train/distributed.py).
     """
-    if overwrite and out.exists():
-        if any(is_locked(d) for d in (out, *out.glob("seed*"))):
-            raise DmesrError(f"{out} is in use by a running `dmesr train`; not deleting it")
-        shutil.rmtree(out)
+    from dmesr.train.distributed import init_from_env, on_main
+
+    ranks = init_from_env()
+    if overwrite:
+        on_main(ranks, lambda: _delete_run(out))
     seed_list = [int(s) for s in seeds.split(",")] if seeds else [None]
     runs = []
     for seed in seed_list:
         extra = [f"train.seed={seed}"] if seed is not None else []
         cfg = load_config(RunConfig, list(configs), [*overrides, *extra])
         run_dir = out / f"seed{seed}" if seed is not None else out
-        _print_summary(train_run(cfg, run_dir), run_dir)
+        metrics = train_run(cfg, run_dir)
+        if ranks.main:
+            _print_summary(metrics, run_dir)
         runs.append(run_dir)
-    if len(runs) > 1:
+    if len(runs) > 1 and ranks.main:
         from dmesr.eval.compare import aggregate
 
         agg = aggregate(runs)

@@ -28,6 +28,16 @@ from dmesr.io import provenance, read_json, write_json
 from dmesr.models import build_model
 from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
+from dmesr.train.distributed import (
+    all_mean,
+    average_gradients,
+    broadcast_object,
+    broadcast_parameters,
+    broadcast_tensor,
+    init_from_env,
+    on_main,
+    rank_seed,
+)
 
 # settings that may change between a killed run and its resumption
 RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("train", "progress"),
@@ -118,12 +128,16 @@ class Trainer:
         self.out = Path(out)
         self.ckpt_dir = self.out / "checkpoints"
         self.log = JsonlLog(self.out / "log.jsonl")
+        self.ranks = init_from_env()  # torchrun: data-parallel ranks (distributed.py)
         torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(
             cfg.model, dataset.n_items, popularity=dataset.train_item_popularity(),
             dataset=dataset,
         )
+        if self.ranks.active:
+            broadcast_parameters(self.model)
+            self._reseed_rank(0)
         self.optimizer = (
             torch.optim.AdamW(
                 [p for p in self.model.parameters() if p.requires_grad],
@@ -140,8 +154,16 @@ class Trainer:
         }
 
     # ---- run directory ---------------------------------------------------------------
+    def _reseed_rank(self, epoch: int) -> None:
+        """Ranks > 0 draw their own dropout and masks (rank 0 keeps the run's stream)."""
+        if not self.ranks.main:
+            torch.manual_seed(rank_seed(self.cfg.train.seed + epoch, self.ranks.rank))
+
     def prepare_dir(self, resume: bool) -> bool:
-        """Write config/dataset records; return True when resuming from `last`."""
+        """Write config/dataset records (rank 0); return True when resuming from `last`."""
+        return on_main(self.ranks, lambda: self._prepare_dir(resume))
+
+    def _prepare_dir(self, resume: bool) -> bool:
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.ckpt_dir / "last.safetensors"
         cfg_path = self.out / "config.yaml"
@@ -167,40 +189,56 @@ class Trainer:
     def train_epoch(self, epoch: int, on_step: StepHook | None) -> float:
         self.model.train()
         perm = torch.randperm(self.train_seqs.shape[0])
+        ranks = self.ranks
+        if ranks.active:  # one order for every rank: rank 0's
+            perm = broadcast_tensor(perm)
         bs = self.cfg.train.batch_size
         total, n = 0.0, 0
         for step, lo in enumerate(range(0, len(perm), bs)):
             if on_step is not None:
                 on_step(epoch, step)
-            batch = self.model.train_batch(self.train_seqs[perm[lo : lo + bs]])
-            loss = self.model.calculate_loss(batch)
+            rows = perm[lo : lo + bs]
+            if ranks.active:  # this rank's share of the global batch
+                rows = rows[ranks.rank :: ranks.world]
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(rows):
+                loss = self.model.calculate_loss(self.model.train_batch(self.train_seqs[rows]))
+                loss.backward()
+                total += float(loss.detach())
+                n += 1
+            if ranks.active:
+                average_gradients(self.model.parameters(), len(rows) > 0)
             if self.cfg.train.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
-            total += float(loss.detach())
-            n += 1
-        return total / max(n, 1)
+        return all_mean(total, n) if ranks.active else total / max(n, 1)
 
     def validate(self) -> float:
+        """Validation score (rank 0 evaluates; every rank gets the score)."""
+        return on_main(self.ranks, self._validate)
+
+    def _validate(self) -> float:
         metrics, _ = evaluate(self.model, self.valid, self.cfg.eval, modes=("full",))
         return metrics[f"valid.full.{self.cfg.eval.select_metric}"]
 
     def fit(self, resume: bool = True, on_step: StepHook | None = None) -> dict[str, float]:
         resuming = self.prepare_dir(resume)
+        main = self.ranks.main
         if not self.model.trainable:
-            self._save_best(0, float("nan"))
+            if main:
+                self._save_best(0, float("nan"))
             return self.finish()
-        if resuming:
+        if resuming:  # every rank loads the same weights and optimiser state
             meta = load_checkpoint(
                 self.ckpt_dir / "last.safetensors", self.model, self.optimizer, rng=True
             )
             self.state = {k: v for k, v in meta.items() if k != "optimizer"}
-            self.log.truncate(self.state["log_offset"])
+            self._reseed_rank(self.state["epoch"])
+            if main:
+                self.log.truncate(self.state["log_offset"])
             if self.state.get("stopped"):
                 return self.finish()
-        tb = _tensorboard(self.out, self.cfg.train.tensorboard)
+        tb = _tensorboard(self.out, self.cfg.train.tensorboard and main)
         self._loop(on_step, tb)
         if tb is not None:
             tb.close()
@@ -208,7 +246,8 @@ class Trainer:
 
     def _loop(self, on_step: StepHook | None, tb: Any) -> None:
         tc = self.cfg.train
-        bar = _progress(tc.epochs, self.state["epoch"], tc.progress)
+        main = self.ranks.main
+        bar = _progress(tc.epochs, self.state["epoch"], tc.progress and main)
         st = self.state
         while st["epoch"] < tc.epochs and not st["stopped"]:
             t0 = time.perf_counter()
@@ -219,23 +258,32 @@ class Trainer:
             if epoch % tc.eval_every == 0 or epoch == tc.epochs:
                 score = self.validate()
                 record[f"valid.full.{self.cfg.eval.select_metric}"] = score
-                self._after_eval(epoch, score, t0)
+                if main:
+                    self._after_eval(epoch, score, t0)
             st["epoch"] = epoch
             st["train_s"] += train_s
             st["elapsed_s"] += time.perf_counter() - t0
             if tc.max_minutes and st["elapsed_s"] > 60 * tc.max_minutes and not st["stopped"]:
                 st["stopped"] = "time budget"
             record["elapsed_s"] = round(st["elapsed_s"], 3)
-            self.log.write(record)
-            if tb is not None:
-                for key, value in record.items():
-                    tb.add_scalar(key, value, epoch)
-            st["log_offset"] = self.log.offset()
-            save_checkpoint(self.ckpt_dir / "last.safetensors", self.model, st,
-                            self.optimizer, rng=True)
+            if main:
+                self._record_epoch(record, tb, epoch)
+            if self.ranks.active:  # rank 0's decisions (best, stop, budget) for every rank
+                self.state = st = broadcast_object(st)
             _update(bar, loss, st["best_score"])
         if bar is not None:
             bar.close()
+
+    def _record_epoch(self, record: dict[str, Any], tb: Any, epoch: int) -> None:
+        """Log line, TensorBoard scalars and the `last` checkpoint of one epoch (rank 0)."""
+        st = self.state
+        self.log.write(record)
+        if tb is not None:
+            for key, value in record.items():
+                tb.add_scalar(key, value, epoch)
+        st["log_offset"] = self.log.offset()
+        save_checkpoint(self.ckpt_dir / "last.safetensors", self.model, st,
+                        self.optimizer, rng=True)
 
     def _after_eval(self, epoch: int, score: float, t0: float) -> None:
         st = self.state
@@ -256,6 +304,10 @@ class Trainer:
 
     # ---- final evaluation ------------------------------------------------------------
     def finish(self) -> dict[str, float]:
+        """Test the best checkpoint and write metrics.json (rank 0; all ranks get them)."""
+        return on_main(self.ranks, self._finish)
+
+    def _finish(self) -> dict[str, float]:
         load_checkpoint(self.ckpt_dir / "best.safetensors", self.model)
         metrics = evaluate_run_model(self.model, self.ds, self.cfg, self.out)
         st = self.state
