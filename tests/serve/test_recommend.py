@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -200,8 +206,6 @@ def test_http_answers_like_the_api_and_rejects_bad_requests(server, rec) -> None
 
 
 def test_latency_benchmark_runs_on_a_run(run_dir) -> None:
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from recommend_latency import measure
 
@@ -220,3 +224,26 @@ def test_lists_as_of_evaluation_reproduce_the_runs_hit_rate(split, run_dir, rec)
     table = rec.table(top, rec.user_keys)
     assert table["hit"].sum() == hits.sum()
     assert (table.loc[table.hit, "item_key"] == table.loc[table.hit, "target_item_key"]).all()
+
+
+def test_serve_command_answers_then_stops_cleanly_on_sigterm(run_dir) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmesr.cli", "serve", "--run", str(run_dir), "--port", "0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        line = proc.stderr.readline()  # "serving RUN on http://HOST:PORT ..."
+        url = re.search(r"http://\S+", line).group(0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                    assert json.loads(resp.read())["status"] == "ok"
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        proc.kill()
