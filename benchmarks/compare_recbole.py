@@ -63,6 +63,14 @@ def recbole_available(python: str) -> bool:
     return res.returncode == 0
 
 
+def kept_notes(out: Path) -> list[str]:
+    """The notes of an earlier table at `out` (a rerun without --note keeps them)."""
+    try:
+        return list(json.loads(out.read_text()).get("notes", []))
+    except (OSError, ValueError):
+        return []
+
+
 def run_path(system: str, model: str, seed: int, budget: float | str, work: Path = WORK) -> Path:
     """Where one run's result is cached (`budget` "*" gives the glob over budgets)."""
     return work / f"{system}_{model}_seed{seed}_b{budget}.json"
@@ -223,7 +231,8 @@ def main() -> None:
     ap.add_argument("--dmesr-override", nargs="*", default=[],
                     help="dotted overrides for every dmesr run")
     ap.add_argument("--note", action="append", default=[],
-                    help="free-text caveat stored in the JSON (repeatable)")
+                    help="free-text caveat stored in the JSON (repeatable; replaces the notes "
+                         "already there, which are kept when no --note is given)")
     ap.add_argument("--cached-only", action="store_true",
                     help="only tabulate cached runs (run nothing); a run missing at this budget "
                          "falls back to its longest cached budget")
@@ -233,7 +242,7 @@ def main() -> None:
     args = ap.parse_args()
     args.prepared = args.prepared.resolve()
     systems = args.systems.split(",")
-    notes = list(args.note)
+    notes = list(args.note) or kept_notes(args.out)
     for published in dict.fromkeys([PUBLISHED, args.out]):
         if restored := restore_published(published):
             print(f"restored {restored} finished runs from {published}", flush=True)

@@ -80,3 +80,14 @@ def test_published_runs_are_restored_without_overwriting(tmp_path: Path) -> None
     assert found is not None and budget_of(found) == 6.0
     assert json.loads(found.read_text()) == runs[1]
     assert restore_published(tmp_path / "absent.json", work) == 0
+
+
+def test_a_rerun_without_notes_keeps_the_published_ones(tmp_path: Path) -> None:
+    from compare_recbole import kept_notes
+
+    out = tmp_path / "compare.json"
+    assert kept_notes(out) == []
+    out.write_text(json.dumps({"notes": ["budget-bound"], "rows": []}))
+    assert kept_notes(out) == ["budget-bound"]
+    out.write_text("{not json")
+    assert kept_notes(out) == []
