@@ -132,42 +132,41 @@ class Recommender:
         history that stays a candidate even when the history holds it."""
         if k < 1:
             raise DmesrError(f"k must be at least 1, got {k}")
-        for i, h in enumerate(histories):
-            h = np.asarray(h)
-            if h.size and (h.min() < 1 or h.max() > self.n_items):
-                raise DmesrError(f"history {i}: item ids must be in 1..{self.n_items} "
-                                 "(use item_ids() to map item keys)")
+        lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+        indptr = np.zeros(len(histories) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        items = (np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+                 if indptr[-1] else np.zeros(0, np.int64))
+        bad = np.flatnonzero((items < 1) | (items > self.n_items))
+        if bad.size:
+            row = int(np.searchsorted(indptr, bad[0], side="right")) - 1
+            raise DmesrError(f"history {row}: item ids must be in 1..{self.n_items} "
+                             "(use item_ids() to map item keys)")
         k = min(k, self.n_items)
-        n_cols = self.n_items + 1
-        chunk = max(1, min(256, MAX_SCORES_PER_CHUNK // n_cols))
-        items, scores = [], []
-        for lo in range(0, len(histories), chunk):
-            part = [np.asarray(h, dtype=np.int64) for h in histories[lo:lo + chunk]]
-            ids, vals = self._top_k(part, k, exclude_seen,
-                                    None if spare is None else spare[lo:lo + chunk])
-            items.append(ids)
-            scores.append(vals)
-        if not items:
+        chunk = max(1, min(256, MAX_SCORES_PER_CHUNK // (self.n_items + 1)))
+        tops = [self._top_k(indptr[lo:lo + chunk + 1], items, k, exclude_seen,
+                            None if spare is None else spare[lo:lo + chunk])
+                for lo in range(0, len(histories), chunk)]
+        if not tops:
             return TopK(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
-        return TopK(np.concatenate(items), np.concatenate(scores))
+        return TopK(np.concatenate([t[0] for t in tops]), np.concatenate([t[1] for t in tops]))
 
     @torch.no_grad()
-    def _top_k(self, histories: list[np.ndarray], k: int, exclude_seen: bool,
+    def _top_k(self, indptr: np.ndarray, items: np.ndarray, k: int, exclude_seen: bool,
                spare: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        seq = torch.zeros(len(histories), self.max_len, dtype=torch.long)
-        for row, h in enumerate(histories):  # one slice per user, no loop over items
-            last = h[-self.max_len:]
-            if len(last):
-                seq[row, -len(last):] = torch.from_numpy(last)
+        """Top-k for the histories items[indptr[r]:indptr[r + 1]] of one chunk (CSR)."""
+        n = len(indptr) - 1
+        view = SplitView(np.arange(n), indptr - indptr[0], items[indptr[0]:indptr[-1]],
+                         np.zeros(n, np.int32))
+        seq = torch.from_numpy(view.padded(self.max_len))  # as evaluation feeds the model
         # DMESR's encoder keeps its item table while in eval mode: no item fusion per call
         scores = self.model.full_sort_predict({"seq": seq})[:, : self.n_items + 1]
         # a copy: a model may return a view of its own buffers (Pop expands one row)
         scores = scores.to(torch.float32, copy=True)
         scores[:, 0] = float("-inf")
         if exclude_seen:
-            lengths = torch.tensor([len(h) for h in histories])
-            rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
-            seen = torch.from_numpy(np.concatenate(histories)) if len(rows) else rows
+            rows = torch.from_numpy(np.repeat(np.arange(n), view.lengths))
+            seen = torch.from_numpy(view.items)
             if spare is not None:
                 kept = seen != torch.from_numpy(spare)[rows]
                 rows, seen = rows[kept], seen[kept]
