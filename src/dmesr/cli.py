@@ -6,6 +6,7 @@ imported only when invoked, so `dmesr --help` stays fast.
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import signal
 import sys
@@ -68,8 +69,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(f"signal {signum}")
 
 
+def _redeliver_interrupts(hook: sys.UnraisableHookArgs) -> None:
+    """Python drops exceptions raised in weakref callbacks and `__del__`; a signal handled
+    there would be lost and the process keep running (seen in CI: `kill` on a busy
+    `dmesr enhance`). Deliver such a Ctrl-C / SIGTERM again instead."""
+    if isinstance(hook.exc_value, KeyboardInterrupt):
+        _thread.interrupt_main(signal.SIGTERM if isinstance(hook.exc_value, Terminated)
+                               else signal.SIGINT)
+    else:
+        sys.__unraisablehook__(hook)
+
+
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _redeliver_interrupts
     try:
         cli.main(args=argv, prog_name="dmesr", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort

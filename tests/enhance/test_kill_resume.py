@@ -92,3 +92,51 @@ def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
     cfg = EnhanceConfig.model_validate(section)
     summary = run_enhance(ds.root, cfg, views=["txt"], progress=False, log=lambda m: None)
     assert summary.sent["txt"] == len(s.requests) - sent_before == n - done
+
+
+class _Stopped(Exception):
+    pass
+
+
+def test_sigterm_cancels_the_event_loop_at_an_await_and_reaches_the_old_handler():
+    """SIGTERM during `run_stoppable` cancels the main task (its `finally` runs, the loop
+    ends) and then reaches the handler installed before, which is put back afterwards."""
+    from dmesr.enhance.runner import run_stoppable
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    cleaned = []
+
+    async def main() -> None:
+        import asyncio
+
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(True)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        t0 = time.monotonic()
+        try:
+            run_stoppable(main())
+            raise AssertionError("SIGTERM did not stop the loop")
+        except _Stopped as exc:
+            assert exc.args == (signal.SIGTERM,)
+        assert cleaned == [True] and time.monotonic() - t0 < 10
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_run_stoppable_returns_the_result_and_restores_the_handler():
+    from dmesr.enhance.runner import run_stoppable
+
+    async def main() -> int:
+        return 7
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_stoppable(main()) == 7
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from dmesr.io import atomic_path, provenance, read_json, stable_hash, write_json
 
 Log = Callable[[str], None]
 DESCRIPTIONS = "descriptions.parquet"
+T = TypeVar("T")
 
 
 @dataclass
@@ -172,13 +174,55 @@ def run_enhance(
     # one event loop for all views: connection pools and semaphores belong to one loop
     with writers(root, views, fsync_every=cfg.fsync_every,
                  fsync_interval_s=cfg.fsync_interval_s) as ws:
-        asyncio.run(run_all())
+        run_stoppable(run_all())
     export_descriptions(root, ds, plans, contents, backend, templates, items, log)
     summary.seconds = time.perf_counter() - t0
     if not summary.did_work:
         log("enhance: nothing to do, every requested item is cached "
             f"({root}); `dmesr enhance --report` shows coverage")
     return summary
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, where SIGTERM cancels the main task (as asyncio does for Ctrl-C).
+
+    `dmesr.cli` turns SIGTERM into an exception raised wherever the main thread is; inside
+    the event loop that can land between two steps of the HTTP pool's bookkeeping and strand
+    tasks that the loop's shutdown then waits on for good (a `dmesr enhance` once hung after
+    `kill` in CI). Cancelling the task unwinds at an await instead, every `finally` runs
+    (answers flushed, clients closed), and the signal is then raised again so whoever
+    handled it before (the CLI's exit 143, or the default: terminate) still does.
+    """
+    terminated = False
+
+    async def guarded() -> T:
+        nonlocal terminated
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows, not the main thread
+            return await main
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)  # resets to SIG_DFL: put it back
+            if previous is not None:  # None: a handler not set from Python; leave SIG_DFL
+                signal.signal(signal.SIGTERM, previous)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if terminated:
+            signal.raise_signal(signal.SIGTERM)
+        raise
 
 
 async def _run_view(
