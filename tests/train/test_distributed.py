@@ -26,13 +26,22 @@ SCRIPT = textwrap.dedent("""
     from dmesr.train.config import RunConfig
     from dmesr.train.trainer import Trainer
 
+    def digest(model):
+        return hashlib.sha256(b"".join(p.detach().numpy().tobytes()
+                                       for p in model.parameters())).hexdigest()
+
     config, out = sys.argv[1], Path(sys.argv[2])
     cfg = load_config(RunConfig, [config])
-    trainer = Trainer(cfg, PreparedDataset(cfg.dataset.paths["prepared"]), out / "direct")
+    ds = PreparedDataset(cfg.dataset.paths["prepared"])
+    trainer = Trainer(cfg, ds, out / "direct")
     trainer.fit()
-    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes()
-                                     for p in trainer.model.parameters())).hexdigest()
-    (out / f"rank{trainer.ranks.rank}.sha").write_text(digest)
+    (out / f"rank{trainer.ranks.rank}.sha").write_text(digest(trainer.model))
+    # stopped after epoch 2, then resumed to 3: must end where the direct run ended
+    two = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
+    Trainer(two, ds, out / "resumed").fit()
+    resumed = Trainer(cfg, ds, out / "resumed")
+    resumed.fit()
+    (out / f"resumed{resumed.ranks.rank}.sha").write_text(digest(resumed.model))
     # the CLI under torchrun: rank 0 locks, writes and prints; the others only train
     train.main(["--config", config, "--out", str(out / "cli"), "--seeds", "1,2"],
                standalone_mode=False)
@@ -78,6 +87,19 @@ def test_replicas_stay_equal_and_rank0_writes_one_run(ddp_run) -> None:
     assert np.isfinite([r["loss"] for r in log]).all()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test.full.NDCG@10"] <= 1
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_did(ddp_run) -> None:
+    """Rank 1's dropout stream restarts from (seed, epoch, rank) at every epoch, so
+    stopping after epoch 2 and resuming gives the weights of three epochs in one go."""
+    root, proc = ddp_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    direct = {p.read_text() for p in root.glob("rank*.sha")}
+    resumed = {p.read_text() for p in root.glob("resumed*.sha")}
+    assert len(list(root.glob("resumed*.sha"))) == 2
+    assert resumed == direct and len(direct) == 1
+    log = [json.loads(line) for line in (root / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
 def test_the_cli_under_torchrun_prints_once_per_seed(ddp_run) -> None:

@@ -137,7 +137,6 @@ class Trainer:
         )
         if self.ranks.active:
             broadcast_parameters(self.model)
-            self._reseed_rank(0)
         self.optimizer = (
             torch.optim.AdamW(
                 [p for p in self.model.parameters() if p.requires_grad],
@@ -155,7 +154,9 @@ class Trainer:
 
     # ---- run directory ---------------------------------------------------------------
     def _reseed_rank(self, epoch: int) -> None:
-        """Ranks > 0 draw their own dropout and masks (rank 0 keeps the run's stream)."""
+        """Ranks > 0 draw their own dropout and masks, from a stream seeded anew for every
+        epoch, so a resumed run draws what the uninterrupted one did (rank 0 keeps the
+        run's stream, which its checkpoints carry)."""
         if not self.ranks.main:
             torch.manual_seed(rank_seed(self.cfg.train.seed + epoch, self.ranks.rank))
 
@@ -188,6 +189,7 @@ class Trainer:
     # ---- loop ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int, on_step: StepHook | None) -> float:
         self.model.train()
+        self._reseed_rank(epoch)
         perm = torch.randperm(self.train_seqs.shape[0])
         ranks = self.ranks
         if ranks.active:  # one order for every rank: rank 0's
@@ -233,7 +235,6 @@ class Trainer:
                 self.ckpt_dir / "last.safetensors", self.model, self.optimizer, rng=True
             )
             self.state = {k: v for k, v in meta.items() if k != "optimizer"}
-            self._reseed_rank(self.state["epoch"])
             if main:
                 self.log.truncate(self.state["log_offset"])
             if self.state.get("stopped"):
