@@ -187,9 +187,9 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run`, where SIGTERM cancels the main task (as asyncio does for Ctrl-C).
 
     `dmesr.cli` turns SIGTERM into an exception raised wherever the main thread is; inside
-    the event loop that can land between two steps of the HTTP pool's bookkeeping and strand
-    tasks that the loop's shutdown then waits on for good (a `dmesr enhance` once hung after
-    `kill` in CI). Cancelling the task unwinds at an await instead, every `finally` runs
+    the event loop that is often a weakref callback of a dying asyncio/httpx object, where
+    Python drops the exception: the `kill` was lost and the run went on, or waited on held
+    requests (a CI hang; benchmarks/sigterm_stress.py). Cancelling the task unwinds at an await instead, every `finally` runs
     (answers flushed, clients closed), and the signal is then raised again so whoever
     handled it before (the CLI's exit 143, or the default: terminate) still does.
     """
