@@ -57,7 +57,7 @@ def init_from_env() -> Ranks:
 def _leave() -> None:
     """Leave together: a rank that tears gloo down while its peer still finishes the last
     collective can abort the peer at exit (`terminate called without an active
-    exception`, seen about once in five test-suite runs)."""
+    exception`, in 2 of 6 test-suite runs here)."""
     import contextlib
     import datetime
 
