@@ -4,41 +4,29 @@
 
 Each trial runs `dmesr enhance` on a synthetic 150-item dataset against a local fake
 OpenAI-compatible server (half the trials hold every request after the 40th, as the test
-suite does), sends SIGTERM once a random number (1-60) of answers is cached, and waits 15 s.
-(Exit 0: the run finished before the signal.) A trial "hangs" when the child is still running then (it is dumped with SIGABRT, whose
-traceback, via PYTHONFAULTHANDLER, is kept in the JSON). Writes
-benchmarks/results/sigterm_stress.json with the exit codes and hangs counted.
+suite does) through `dmesr.enhance.testing.sigterm_enhance_cli`, the helper the kill tests
+use: SIGTERM once a random number (1-60; at most 40 when held) of answers is cached, then up to 15 s to exit. A
+child still running then "hangs" (its stacks, dumped with SIGABRT, are kept in the JSON);
+exit 0 means it ran to the end despite the signal; "no kill" that it ended before it.
+Writes benchmarks/results/sigterm_stress.json with the exit codes and hangs counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 from dmesr.enhance.cache import cache_path
 from dmesr.enhance.config import EnhanceConfig
-from dmesr.enhance.testing import RecordingServer, make_prepared
+from dmesr.enhance.testing import RecordingServer, make_prepared, sigterm_enhance_cli
 from dmesr.io import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sigterm_stress.json"
 N_ITEMS = 150
-
-
-def wait_for_answers(child: subprocess.Popen, path: Path, target: int, rng: random.Random) -> None:
-    deadline = time.monotonic() + 30
-    while child.poll() is None and time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= target:
-            return
-        time.sleep(rng.uniform(0, 0.005))  # jitter: the signal lands at varied points
 
 
 def trial(root: Path, rng: random.Random, wait_s: float) -> dict:
@@ -50,29 +38,18 @@ def trial(root: Path, rng: random.Random, wait_s: float) -> dict:
     config = root / "enhance.yaml"
     config.write_text(json.dumps({"enhance": section}))
     path = cache_path(EnhanceConfig.model_validate(section).cache_root(ds.root), "txt")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(ds.root), "--config",
-         str(config), "--no-progress", "--views", "txt"],
-        env={**os.environ, "PYTHONFAULTHANDLER": "1", "HF_HUB_OFFLINE": "1"},
-        stderr=subprocess.PIPE, text=True)
-    target = rng.randint(1, 60)
+    # requests past `hold` wait for release(): with 40 held, the 40th answer is the last
+    target = min(rng.randint(1, 60), hold or N_ITEMS)
+    row: dict = {"hold_after": hold, "after_answers": target}
     try:
-        wait_for_answers(child, path, target, rng)
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.communicate(timeout=wait_s)
-            return {"hold_after": hold, "after_answers": target, "rc": child.returncode}
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
-            _, err = child.communicate(timeout=wait_s)
-            return {"hold_after": hold, "after_answers": target, "rc": None,
-                    "stacks": err[-4000:]}
+        rc, err = sigterm_enhance_cli(ds.root, config, path, target, wait_s,
+                                      extra_args=("--views", "txt"))
+    except AssertionError as exc:  # ended (or stalled) before the signal: not a kill
+        return {**row, "rc": "no kill", "error": str(exc)[:300]}
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
         server.release()
         server.stop()
+    return {**row, "rc": rc} if rc is not None else {**row, "rc": None, "stacks": err[-4000:]}
 
 
 def main() -> None:
@@ -88,7 +65,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(trial(Path(tmp), rng, args.wait_s))
         rc = rows[-1]["rc"]
-        print(f"trial {i + 1}/{args.trials}: {'HANG' if rc is None else f'exit {rc}'}", flush=True)
+        print(f"trial {i + 1}/{args.trials}: {'HANG' if rc is None else rc}", flush=True)
     codes = Counter("hang" if r["rc"] is None else str(r["rc"]) for r in rows)
     print(f"{args.trials} kills: {dict(codes)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

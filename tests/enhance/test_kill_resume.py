@@ -82,7 +82,7 @@ def test_sigterm_via_the_cli_reports_and_keeps_work(tmp_path, servers):
                                         extra_args=("--views", "txt"))
     finally:
         s.release()
-    assert code == 128 + signal.SIGTERM
+    assert code == 128 + signal.SIGTERM, err[-3000:]  # None: hung (stacks in err)
     assert "interrupted" in err and "rerun the same command" in err
     kept = read_cache(path)
     assert kept.bad_lines == 0

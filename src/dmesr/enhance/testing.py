@@ -240,16 +240,20 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float, h
 
 
 def sigterm_enhance_cli(data: Path, config: Path, cache_file: Path, after_lines: int,
-                        timeout_s: float, extra_args: tuple[str, ...] = ()) -> tuple[int, str]:
+                        timeout_s: float, extra_args: tuple[str, ...] = ()
+                        ) -> tuple[int | None, str]:
     """Run `dmesr enhance` in a child, SIGTERM it once `cache_file` holds `after_lines`
-    answers, and return (exit code, stderr). The child must still be running then."""
+    answers, and return (exit code, stderr). The child must still be running then. A child
+    still running `timeout_s` after the signal is dumped with SIGABRT (faulthandler prints
+    every thread's stack to stderr) and gives (None, those stacks)."""
     import os
     import signal
 
     child = subprocess.Popen(
         [sys.executable, "-m", "dmesr.cli", "enhance", "--data", str(data), "--config",
          str(config), "--no-progress", *extra_args],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
+        stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + timeout_s
         while not (cache_file.exists() and cache_file.read_bytes().count(b"\n") >= after_lines):
@@ -260,7 +264,12 @@ def sigterm_enhance_cli(data: Path, config: Path, cache_file: Path, after_lines:
                 raise AssertionError(f"fewer than {after_lines} answers within {timeout_s} s")
             time.sleep(0.02)
         child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=timeout_s)
+        try:
+            _, err = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            _, err = child.communicate(timeout=timeout_s)
+            return None, err
     finally:
         if child.poll() is None:
             child.kill()
