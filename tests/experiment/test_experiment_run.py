@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dmesr.experiment.commands import experiment
+from dmesr.report.archive import archived_keys
 from dmesr.report.commands import report
 
 GRID = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "grid_tiny.yaml"
@@ -177,6 +178,8 @@ def test_report_refuses_to_shrink_a_published_table(grid_run, tmp_path) -> None:
     assert res.exit_code != 0  # DmesrError: dmesr.cli.main prints it as "error: …"
     assert "2 runs that this report would drop (sasrec/drop5/seed1" in str(res.exception)
     assert (published / "results.csv").read_text() == before
+    # ... but the cells it holds are archived all the same: nothing run is lost
+    assert archived_keys(published) == ["sasrec/id/seed1", "sasrec/id/seed2"]
     res = CliRunner().invoke(report, [str(partial), "--results-dir", str(published),
                                       "--no-plots", "--replace"], catch_exceptions=False)
     assert res.exit_code == 0, res.output

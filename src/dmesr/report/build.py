@@ -22,7 +22,8 @@ def write_report(out: Path, results_dir: Path | None = None, command: str | None
                  plots: bool = True, replace: bool = False) -> Path:
     """Rebuild everything from the run directories under `out`; returns results_dir.
 
-    Also archives each run's small files under `<results_dir>/runs/` (report/archive.py).
+    Also archives each run's small files under `<results_dir>/runs/` (report/archive.py),
+    first: a report that refuses to shrink the table still keeps the new cells.
 
     `command`: the `dmesr report …` line to record; None when `dmesr experiment` calls it.
     `replace`: overwrite a results.csv that lists runs this report would not contain.
@@ -33,6 +34,7 @@ def write_report(out: Path, results_dir: Path | None = None, command: str | None
     folder = Path(results_dir) if results_dir else default_results_dir(exp)
     folder.mkdir(parents=True, exist_ok=True)
     df = results_frame(exp)
+    archive_runs([(f"{r.backbone}/{r.variant}/seed{r.seed}", r.path) for r in exp.runs], folder)
     if not replace:
         _refuse_to_drop_runs(folder / "results.csv", df)
     with atomic_path(folder / "results.csv") as tmp:
@@ -48,7 +50,6 @@ def write_report(out: Path, results_dir: Path | None = None, command: str | None
     md = results_markdown(exp, df, tests, command, names)
     with atomic_path(folder / "results.md") as tmp:
         tmp.write_text(md)
-    archive_runs([(f"{r.backbone}/{r.variant}/seed{r.seed}", r.path) for r in exp.runs], folder)
     return folder
 
 
@@ -66,6 +67,7 @@ def _refuse_to_drop_runs(existing: Path, df: pd.DataFrame) -> None:
         raise DmesrError(
             f"{existing} lists {len(lost)} runs that this report would drop ({shown}"
             f"{', …' if len(lost) > 4 else ''}): the run folder does not hold them. "
-            f"`dmesr experiment` first restores the cells archived in "
+            f"Its {len(df)} finished runs are archived in {existing.parent / ARCHIVE} all "
+            f"the same; `dmesr experiment` first restores the cells archived in "
             f"{existing.parent / ARCHIVE}; rerun the others, or pass --replace to write "
             "the smaller table")
