@@ -189,9 +189,10 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     `dmesr.cli` turns SIGTERM into an exception raised wherever the main thread is; inside
     the event loop that is often a weakref callback of a dying asyncio/httpx object, where
     Python drops the exception: the `kill` was lost and the run went on, or waited on held
-    requests (a CI hang; benchmarks/sigterm_stress.py). Cancelling the task unwinds at an await instead, every `finally` runs
-    (answers flushed, clients closed), and the signal is then raised again so whoever
-    handled it before (the CLI's exit 143, or the default: terminate) still does.
+    requests (a CI hang; benchmarks/sigterm_stress.py). Cancelling the task unwinds at an
+    await instead, every `finally` runs (answers flushed, clients closed), and the signal
+    is then raised again so whoever handled it before (the CLI's exit 143, or the default:
+    terminate) still does.
     """
     terminated = False
 
@@ -208,14 +209,16 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
 
         try:
             loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+            handled = True
         except (NotImplementedError, RuntimeError, ValueError):  # Windows, not the main thread
-            return await main
+            handled = False
         try:
             return await main
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)  # resets to SIG_DFL: put it back
-            if previous is not None:  # None: a handler not set from Python; leave SIG_DFL
-                signal.signal(signal.SIGTERM, previous)
+            if handled:
+                loop.remove_signal_handler(signal.SIGTERM)  # resets to SIG_DFL: put it back
+                if previous is not None:  # None: a handler not set from Python; keep SIG_DFL
+                    signal.signal(signal.SIGTERM, previous)
 
     try:
         return asyncio.run(guarded())
