@@ -66,8 +66,7 @@ def _refuse_to_drop_runs(existing: Path, df: pd.DataFrame) -> None:
         shown = ", ".join("/".join(k[:2]) + f"/seed{k[2]}" for k in lost[:4])
         raise DmesrError(
             f"{existing} lists {len(lost)} runs that this report would drop ({shown}"
-            f"{', …' if len(lost) > 4 else ''}): the run folder does not hold them. "
-            f"Its {len(df)} finished runs are archived in {existing.parent / ARCHIVE} all "
-            f"the same; `dmesr experiment` first restores the cells archived in "
-            f"{existing.parent / ARCHIVE}; rerun the others, or pass --replace to write "
-            "the smaller table")
+            f"{', …' if len(lost) > 4 else ''}): the run folder does not hold them. Its "
+            f"{len(df)} finished runs are archived all the same in {existing.parent / ARCHIVE}, "
+            "which `dmesr experiment` restores first; rerun the others, or pass --replace to "
+            "write the smaller table")
