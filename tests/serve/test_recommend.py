@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from dmesr.config import load_config
 from dmesr.errors import DmesrError
-from dmesr.serve.commands import recommend
+from dmesr.serve.commands import TERMINAL_ROWS, echo_table, recommend
 from dmesr.serve.http import make_server
 from dmesr.serve.recommender import Recommender
 from dmesr.train.commands import load_trained_run
@@ -158,6 +158,25 @@ def test_cli_writes_lists_with_their_provenance(run_dir, rec, tmp_path) -> None:
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["run"] == str(run_dir) and meta["k"] == 3 and meta["rows"] == len(table)
     assert meta["dataset_hash"] == rec.run.dataset.content_hash
+
+
+def test_cli_prints_every_row_when_piped(run_dir, rec) -> None:
+    result = CliRunner().invoke(recommend, ["--run", str(run_dir), "--all-users", "-k", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + 2 * len(rec.user_keys)  # header + every row: nothing cut
+    assert "more rows not shown" not in result.stderr
+
+
+def test_terminal_output_is_cut_with_a_note(capsys) -> None:
+    frame = pd.DataFrame({"user_key": np.arange(TERMINAL_ROWS + 57), "rank": 1})
+    echo_table(frame, to_terminal=True)
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + TERMINAL_ROWS
+    assert "57 more rows not shown: --out FILE" in err
+    echo_table(frame.head(3), to_terminal=True)
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4 and err == ""
 
 
 def test_cli_needs_someone_to_recommend_for(run_dir) -> None:

@@ -3,6 +3,7 @@ over HTTP with JSON)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +19,21 @@ def read_user_keys(path: Path) -> list[str]:
     except UnicodeDecodeError as exc:
         raise DmesrError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+TERMINAL_ROWS = 200  # rows printed to a terminal before the rest is left to --out
+
+
+def echo_table(frame, to_terminal: bool | None = None) -> None:
+    """Every row when stdout is piped or redirected; on a terminal the first TERMINAL_ROWS
+    and a line on stderr saying how many more there are (--all-users makes thousands)."""
+    if to_terminal is None:
+        to_terminal = sys.stdout.isatty()
+    shown = frame.head(TERMINAL_ROWS) if to_terminal else frame
+    click.echo(shown.to_string(index=False))
+    if len(shown) < len(frame):
+        click.echo(f"... {len(frame) - len(shown):,} more rows not shown: --out FILE "
+                   "(.parquet or .csv) writes them all, as does piping the output", err=True)
 
 
 def write_table(frame, out: Path, meta: dict) -> None:
@@ -88,8 +104,7 @@ def recommend(run: Path, users: tuple[str, ...], users_file: Path | None, all_us
         frames.append(rec.table(rec.for_histories(ids, k, exclude), names, "user_key"))
     table = pd.concat(frames, ignore_index=True)
     if out is None:
-        with pd.option_context("display.max_rows", 200, "display.width", 160):
-            click.echo(table.to_string(index=False))
+        echo_table(table)
         return
     write_table(table, out, provenance(
         what="top-K recommendations", **rec.describe(), k=k, exclude_seen=exclude, as_of=as_of,
