@@ -13,6 +13,8 @@ here runs and training is bit for bit the single-process one.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import datetime
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,9 +60,6 @@ def _leave() -> None:
     """Leave together: a rank that tears gloo down while its peer still finishes the last
     collective can abort the peer at exit (`terminate called without an active
     exception`, in 2 of 6 test-suite runs here)."""
-    import contextlib
-    import datetime
-
     import torch.distributed as dist
 
     if not dist.is_initialized():
