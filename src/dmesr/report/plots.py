@@ -34,22 +34,25 @@ def _color(i: int) -> tuple[float, float, float]:
 
 
 def _bars(ax: plt.Axes, xs: list[str], hues: list[str], stat: Stat) -> None:
-    """Grouped bars: one group per x, one bar per hue; `stat(x, hue)` = (mean, std)."""
+    """Grouped bars: one group per x, one bar per hue; `stat(x, hue)` = (mean, std), std NaN
+    where there is no spread to show (one seed): that bar gets no error bar."""
     width = 0.8 / max(len(hues), 1)
     for j, hue in enumerate(hues):
         ms = np.array([stat(x, hue) for x in xs], dtype=float).reshape(-1, 2)
         pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
-        ax.bar(pos, ms[:, 0], width, yerr=ms[:, 1], capsize=2, label=hue,
-               color=_color(j))
+        ax.bar(pos, ms[:, 0], width, label=hue, color=_color(j))
+        spread = np.isfinite(ms).all(axis=1)
+        ax.errorbar(pos[spread], ms[spread, 0], yerr=ms[spread, 1], fmt="none",
+                    ecolor="black", elinewidth=1, capsize=2)
     ax.set_xticks(np.arange(len(xs)))
     ax.grid(axis="y", alpha=0.3)
 
 
 def _stat(df: pd.DataFrame, col: str) -> tuple[float, float]:
     if col not in df or df.empty:
-        return np.nan, 0.0
-    mean, std, _ = mean_std(df[col])
-    return mean, std
+        return np.nan, np.nan
+    mean, std, n = mean_std(df[col])
+    return mean, std if n > 1 else np.nan
 
 
 def metric_bars(exp: Experiment, df: pd.DataFrame, mode: str, path: Path) -> Path:
@@ -66,7 +69,7 @@ def metric_bars(exp: Experiment, df: pd.DataFrame, mode: str, path: Path) -> Pat
         ax.set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"test {metric} ({mode} ranking)")
     axes[0].legend(title="backbone", fontsize=8)
-    fig.suptitle(f"{exp.dataset()}: mean ± std over seeds", fontsize=10)
+    fig.suptitle(f"{exp.dataset()}: mean ± std over seeds (no error bar: one seed)", fontsize=10)
     _save(fig, path)
     return path
 
