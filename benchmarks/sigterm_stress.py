@@ -6,8 +6,9 @@ Each trial runs `dmesr enhance` on a synthetic 150-item dataset against a local 
 OpenAI-compatible server (half the trials hold every request after the 40th, as the test
 suite does) through `dmesr.enhance.testing.sigterm_enhance_cli`, the helper the kill tests
 use: SIGTERM once a random number (1-60; at most 40 when held) of answers is cached, then
-up to 15 s to exit. A child still running then "hangs" (its stacks, dumped with SIGABRT, are kept in the JSON);
-exit 0 means it ran to the end despite the signal; "no kill" that it ended before it.
+up to 15 s to exit. A child still running then "hangs" (its stacks, dumped with SIGABRT,
+are kept in the JSON); exit 0 means it ran to the end despite the signal; "no kill" that
+it ended before it.
 Writes benchmarks/results/sigterm_stress.json with the exit codes and hangs counted.
 """
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dmesr.errors import DmesrError
 from dmesr.io import atomic_path, provenance, write_json
+
+if TYPE_CHECKING:  # pandas is imported where the commands run: `--help` stays fast
+    import pandas as pd
 
 
 def read_user_keys(path: Path) -> list[str]:
@@ -24,7 +28,7 @@ def read_user_keys(path: Path) -> list[str]:
 TERMINAL_ROWS = 200  # rows printed to a terminal before the rest is left to --out
 
 
-def echo_table(frame, to_terminal: bool | None = None) -> None:
+def echo_table(frame: pd.DataFrame, to_terminal: bool | None = None) -> None:
     """Every row when stdout is piped or redirected; on a terminal the first TERMINAL_ROWS
     and a line on stderr saying how many more there are (--all-users makes thousands)."""
     if to_terminal is None:
@@ -36,7 +40,7 @@ def echo_table(frame, to_terminal: bool | None = None) -> None:
                    "(.parquet or .csv) writes them all, as does piping the output", err=True)
 
 
-def write_table(frame, out: Path, meta: dict) -> None:
+def write_table(frame: pd.DataFrame, out: Path, meta: dict) -> None:
     """`out` as Parquet or CSV (by suffix), written atomically, plus `<out stem>.json`."""
     if out.suffix not in (".parquet", ".csv"):
         raise DmesrError(f"--out {out}: use a .parquet or .csv file name")
