@@ -1,0 +1,97 @@
+"""What early stopping with a shorter patience would have chosen, replayed from run logs.
+
+    python benchmarks/patience_replay.py runs/tune_bert4rec_ml100k --patience 10 20 50 100
+
+A run trained with a long patience logs its validation NDCG@10 after every evaluation
+(`log.jsonl`). Replaying the trainer's rule on that curve (a strictly better score resets
+the counter; `patience` evaluations without one stop the run) gives, for each shorter
+patience, the epoch the run would have stopped at and the validation score it would have
+kept, with no extra training. Validation only: test metrics exist for the logged run's
+best checkpoint alone. A patience longer than the one the run was trained with cannot be
+replayed where the run stopped early; those cells print `n/a`. Accepts run folders,
+grid folders and archived results folders (any folder holding `log.jsonl` files). Writes
+benchmarks/results/patience_replay_<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC = "valid.full.NDCG@10"
+
+
+def replay(scores: list[float], patience: int) -> tuple[int, int, float, bool]:
+    """(last index evaluated, best index, best score, stopped) under the trainer's rule."""
+    best, best_i, bad = float("-inf"), -1, 0
+    for i, score in enumerate(scores):
+        if score > best:
+            best, best_i, bad = score, i, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return i, best_i, best, True
+    return len(scores) - 1, best_i, best, False
+
+
+def read_run(run_dir: Path) -> dict:
+    """Epochs, validation scores and the trained patience / stop reason of one run."""
+    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if METRIC in r]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return {"epochs": [int(r["epoch"]) for r in rows], "scores": [float(r[METRIC]) for r in rows],
+            "trained_patience": int(config["train"]["patience"]),
+            "stopped": metrics.get("stopped")}
+
+
+def replay_run(run: dict, patiences: list[int]) -> dict[int, dict | None]:
+    """Per patience: stop epoch, best epoch and best validation score (None: unknown)."""
+    out: dict[int, dict | None] = {}
+    cut_early = run["stopped"] == "early stopping"
+    for p in patiences:
+        stop, best_i, best, stopped = replay(run["scores"], p)
+        if not stopped and cut_early and p > run["trained_patience"]:
+            out[p] = None
+            continue
+        out[p] = {"stop_epoch": run["epochs"][stop], "best_epoch": run["epochs"][best_i],
+                  "valid_NDCG@10": best}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--patience", nargs="+", type=int, default=[10, 20, 50, 100])
+    ap.add_argument("--name", default=None, help="JSON name (default: the first folder's name)")
+    args = ap.parse_args()
+    runs = sorted({p.parent for f in args.folders for p in f.rglob("log.jsonl")})
+    if not runs:
+        raise SystemExit(f"no log.jsonl under {', '.join(map(str, args.folders))}")
+    result = {}
+    header = "run".ljust(44) + "".join(f"  p={p:<3d} valid (best/stop ep)" for p in args.patience)
+    print(header)
+    for run_dir in runs:
+        label = "/".join(run_dir.parts[-3:])
+        rows = replay_run(read_run(run_dir), args.patience)
+        result[str(run_dir)] = {str(p): r for p, r in rows.items()}
+        cells = [f"  {'n/a':<27s}" if r is None else
+                 f"  {r['valid_NDCG@10']:.4f} ({r['best_epoch']:>3d}/{r['stop_epoch']:>3d})".ljust(29)
+                 for r in rows.values()]
+        print(label.ljust(44) + "".join(cells))
+    name = args.name or args.folders[0].resolve().name
+    out = REPO / "benchmarks" / "results" / f"patience_replay_{name}.json"
+    out.write_text(json.dumps({"command": "python benchmarks/patience_replay.py "
+                               + " ".join(map(str, args.folders))
+                               + " --patience " + " ".join(map(str, args.patience)),
+                               "metric": METRIC, "runs": result}, indent=1))
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
