@@ -8,7 +8,9 @@ the counter; `patience` evaluations without one stop the run) gives, for each sh
 patience, the epoch the run would have stopped at and the validation score it would have
 kept, with no extra training. Validation only: test metrics exist for the logged run's
 best checkpoint alone. A patience longer than the one the run was trained with cannot be
-replayed where the run stopped early; those cells print `n/a`. Accepts run folders,
+replayed where the run stopped early; those cells print `n/a`. A `+` after the stop epoch:
+the curve ends there (epoch cap, kill, or a run still training) before this patience
+would have stopped it. Accepts run folders,
 grid folders and archived results folders (any folder holding `log.jsonl` files). Writes
 benchmarks/results/patience_replay_<name>.json.
 """
@@ -40,7 +42,12 @@ def replay(scores: list[float], patience: int) -> tuple[int, int, float, bool]:
 
 def read_run(run_dir: Path) -> dict:
     """Epochs, validation scores and the trained patience / stop reason of one run."""
-    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+    rows = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the half-written last line of a run still training
+            continue
     rows = [r for r in rows if METRIC in r]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics_path = run_dir / "metrics.json"
@@ -60,8 +67,13 @@ def replay_run(run: dict, patiences: list[int]) -> dict[int, dict | None]:
             out[p] = None
             continue
         out[p] = {"stop_epoch": run["epochs"][stop], "best_epoch": run["epochs"][best_i],
-                  "valid_NDCG@10": best}
+                  "valid_NDCG@10": best, "stopped_by_patience": stopped}
     return out
+
+
+def _cell(r: dict) -> str:
+    ended = "" if r["stopped_by_patience"] else "+"
+    return f"{r['valid_NDCG@10']:.4f} ({r['best_epoch']:>3d}/{r['stop_epoch']:>3d}{ended})"
 
 
 def main() -> None:
@@ -80,9 +92,7 @@ def main() -> None:
         label = "/".join(run_dir.parts[-3:])
         rows = replay_run(read_run(run_dir), args.patience)
         result[str(run_dir)] = {str(p): r for p, r in rows.items()}
-        cells = [f"  {'n/a':<27s}" if r is None else
-                 f"  {r['valid_NDCG@10']:.4f} ({r['best_epoch']:>3d}/{r['stop_epoch']:>3d})".ljust(29)
-                 for r in rows.values()]
+        cells = [f"  {'n/a':<27s}" if r is None else f"  {_cell(r)}".ljust(29) for r in rows.values()]
         print(label.ljust(44) + "".join(cells))
     name = args.name or args.folders[0].resolve().name
     out = REPO / "benchmarks" / "results" / f"patience_replay_{name}.json"
