@@ -10,8 +10,8 @@ kept, with no extra training. Validation only: test metrics exist for the logged
 best checkpoint alone. A patience longer than the one the run was trained with cannot be
 replayed where the run stopped early; those cells print `n/a`. A `+` after the stop epoch:
 the curve ends there (epoch cap, kill, or a run still training) before this patience
-would have stopped it. Accepts run folders,
-grid folders and archived results folders (any folder holding `log.jsonl` files). Writes
+would have stopped it. Accepts run folders, grid folders and archived results folders
+(any folder holding `log.jsonl` files). Writes
 benchmarks/results/patience_replay_<name>.json.
 """
 
@@ -22,6 +22,9 @@ import json
 from pathlib import Path
 
 import yaml
+
+from dmesr.io import read_json
+from dmesr.report.plots import valid_curve
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "valid.full.NDCG@10"
@@ -42,18 +45,14 @@ def replay(scores: list[float], patience: int) -> tuple[int, int, float, bool]:
 
 def read_run(run_dir: Path) -> dict:
     """Epochs, validation scores and the trained patience / stop reason of one run."""
-    rows = []
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # the half-written last line of a run still training
-            continue
-    rows = [r for r in rows if METRIC in r]
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise SystemExit(f"{run_dir}: log.jsonl without config.yaml, not a run folder")
+    epochs, scores = valid_curve(run_dir, METRIC)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return {"epochs": [int(r["epoch"]) for r in rows], "scores": [float(r[METRIC]) for r in rows],
-            "trained_patience": int(config["train"]["patience"]),
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    return {"epochs": epochs, "scores": scores,
+            "trained_patience": int(yaml.safe_load(config_path.read_text())["train"]["patience"]),
             "stopped": metrics.get("stopped")}
 
 
@@ -86,7 +85,8 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no log.jsonl under {', '.join(map(str, args.folders))}")
     result = {}
-    header = "run".ljust(44) + "".join(f"  p={p:<3d} valid (best/stop ep)" for p in args.patience)
+    header = "run".ljust(44) + "".join(f"  p={p:<3d} valid (best/stop ep)".ljust(29)
+                                       for p in args.patience)
     print(header)
     for run_dir in runs:
         label = "/".join(run_dir.parts[-3:])

@@ -87,6 +87,23 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines log (e.g. a run's log.jsonl), blank lines skipped.
+
+    A last line that does not parse is the half-written record of a run killed (or still
+    writing) mid-line and is dropped; a bad line before it is corruption and raises."""
+    lines = [x for x in Path(path).read_text().splitlines() if x.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise DmesrError(f"{path}: line {number} is not JSON ({err.msg})") from err
+    return records
+
+
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)

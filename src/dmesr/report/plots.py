@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from dmesr.io import atomic_path
+from dmesr.io import atomic_path, read_jsonl
 from dmesr.report.collect import Experiment, mean_std
 from dmesr.report.tables import GROUPS
 
@@ -101,13 +100,13 @@ def group_bars(exp: Experiment, df: pd.DataFrame, path: Path) -> Path:
 _GROUP_OF = {label: g for g, label in GROUPS}
 
 
-def _curve(run_dir: Path) -> tuple[list[int], list[float]]:
+def valid_curve(run_dir: Path, metric: str = "valid.full.NDCG@10") -> tuple[list[int], list[float]]:
+    """(epochs, scores) of a run's validation metric, from its log.jsonl (empty: no log)."""
     log = run_dir / "log.jsonl"
     if not log.is_file():
         return [], []
-    recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-    recs = [r for r in recs if "valid.full.NDCG@10" in r]
-    return [r["epoch"] for r in recs], [r["valid.full.NDCG@10"] for r in recs]
+    recs = [r for r in read_jsonl(log) if metric in r]
+    return [int(r["epoch"]) for r in recs], [float(r[metric]) for r in recs]
 
 
 def valid_curves(exp: Experiment, path: Path) -> Path:
@@ -122,7 +121,7 @@ def valid_curves(exp: Experiment, path: Path) -> Path:
     for ax, backbone in zip(axes[0], backbones, strict=True):
         for run in sorted((r for r in exp.runs if r.backbone == backbone),
                           key=lambda r: (variants.index(r.variant), r.seed)):
-            x, y = _curve(run.path)
+            x, y = valid_curve(run.path)
             if x:
                 (line,) = ax.plot(x, y, color=_color(variants.index(run.variant)), lw=1.2,
                                   alpha=0.85, marker="." if len(x) < 15 else None,

@@ -24,7 +24,7 @@ from dmesr.config import dump_yaml
 from dmesr.data.dataset import PreparedDataset
 from dmesr.errors import ConfigError
 from dmesr.eval.evaluate import EvalSplit, dataset_groups, evaluate, load_eval_split, save_per_user
-from dmesr.io import provenance, read_json, write_json
+from dmesr.io import provenance, read_json, read_jsonl, write_json
 from dmesr.models import build_model
 from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
@@ -361,5 +361,4 @@ def _update(bar: Any, loss: float, best: float) -> None:
 
 def per_epoch_losses(run_dir: Path) -> np.ndarray:
     """The loss curve of a run (from its log), for tests and reports."""
-    lines = (run_dir / "log.jsonl").read_text().splitlines()
-    return np.array([json.loads(x)["loss"] for x in lines])
+    return np.array([r["loss"] for r in read_jsonl(run_dir / "log.jsonl")])
