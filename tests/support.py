@@ -31,3 +31,29 @@ def write_atomic_files(folder: Path, n_users: int = 40, n_items: int = 60,
     item = folder / "tiny.item"
     item.write_text("\n".join(item_lines) + "\n")
     return inter, item
+
+
+FAKE_VIEWS = ("mllm_img", "mllm_txt", "mllm_mm", "text_title", "text_genres")
+
+
+def write_fake_store(ds, root: Path, seed: int = 0, dim: int = 12) -> Path:
+    """A real feature store (the store's own writer) of random features for a prepared
+    dataset: three MLLM views with images missing for every 4th item, two text fields."""
+    from dmesr.features.store import item_order_hash, write_view
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n = ds.n_items + 1
+    base = {"content_hash": ds.content_hash, "item_order_hash": item_order_hash(ds),
+            "n_items": n - 1}
+    no_image = np.zeros(n, dtype=bool)
+    no_image[1::4] = True
+    for name in FAKE_VIEWS:
+        mask = np.ones(n, dtype=bool)
+        mask[0] = False
+        if name in ("mllm_img", "mllm_mm"):
+            mask &= ~no_image
+        feats = rng.normal(size=(n, dim)).astype(np.float32)
+        kind = "mllm" if name.startswith("mllm") else "text"
+        write_view(root, name, feats, mask, {**base, "kind": kind})
+    return root

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from dmesr.config import load_config
 from dmesr.data.dataset import PreparedDataset
-from dmesr.features.store import item_order_hash, write_view
 from dmesr.models import build_model
 from dmesr.models.dmesr import DMESREncoder
 from dmesr.train.config import RunConfig
-from support import REPO
+from support import REPO, write_fake_store
 
 VARIANTS = yaml.safe_load((REPO / "configs/experiments/variants.yaml").read_text())["vocabulary"]
 BACKBONES = ["sasrec", "bert4rec", "gru4rec"]
@@ -31,22 +29,7 @@ SMALL = ["model.hidden=16", "model.inner=32", "model.gru_hidden=16", "model.max_
 
 @pytest.fixture(scope="module")
 def store(tiny_dataset: PreparedDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("features")
-    rng = np.random.default_rng(0)
-    n = tiny_dataset.n_items + 1
-    base = {"content_hash": tiny_dataset.content_hash,
-            "item_order_hash": item_order_hash(tiny_dataset), "n_items": n - 1}
-    no_image = np.zeros(n, dtype=bool)
-    no_image[1::4] = True
-    for name in ("mllm_img", "mllm_txt", "mllm_mm", "text_title", "text_genres"):
-        mask = np.ones(n, dtype=bool)
-        mask[0] = False
-        if name in ("mllm_img", "mllm_mm"):
-            mask &= ~no_image
-        feats = rng.normal(size=(n, 12)).astype(np.float32)
-        kind = "mllm" if name.startswith("mllm") else "text"
-        write_view(root, name, feats, mask, {**base, "kind": kind})
-    return root
+    return write_fake_store(tiny_dataset, tmp_path_factory.mktemp("features"))
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

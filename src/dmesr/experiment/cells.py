@@ -111,20 +111,30 @@ def validate(cell: Cell) -> str | None:
     return None
 
 
-def stale(cell: Cell) -> bool:
-    """A finished cell whose saved configuration differs from what the grid asks now
-    (the variant was edited after the run): kept, but reported, never silently mixed."""
+def stale(cell: Cell) -> str | None:
+    """Why a finished cell no longer is what the grid asks now (None: it still is): the
+    variant was edited after the run, or the feature views it read have other files now.
+    Such a cell is kept and reported, never silently mixed in."""
     from dmesr.config import load_config
+    from dmesr.data.dataset import PreparedDataset
+    from dmesr.features.store import feature_changes
     from dmesr.io import read_json
+    from dmesr.models import feature_record
     from dmesr.train.config import RunConfig
     from dmesr.train.trainer import config_changed
 
     try:
-        saved = read_json(cell.out / "run.json")["comparable_config"]
+        saved = read_json(cell.out / "run.json")
         cfg = load_config(RunConfig, list(cell.configs), list(cell.overrides))
+        if config_changed(saved["comparable_config"], cfg):
+            return "its configuration differs from the grid's now"
+        if not saved.get("features"):  # a run from before runs recorded their features
+            return None
+        now = feature_record(cfg.model, PreparedDataset(cfg.dataset.prepared_dir()))
     except (OSError, KeyError, ValueError, DmesrError):
-        return False
-    return config_changed(saved, cfg)
+        return None
+    changes = feature_changes(saved["features"], now) if now else []
+    return f"its feature views changed: {'; '.join(changes)}" if changes else None
 
 
 def threads_per_worker(workers: int) -> int:

@@ -67,11 +67,12 @@ _CELL_FIXED = ("key", "ablation", "out", "command")
 def _dry_run(cells: list[Cell], threads: int, archived: set[str]) -> None:
     for c in cells:
         error = validate(c)
-        state = "INVALID" if error else "stale" if c.is_done() and stale(c) else c.status()
+        why_stale = None if error or not c.is_done() else stale(c)
+        state = "INVALID" if error else "stale" if why_stale else c.status()
         if state == "todo" and c.key in archived and not c.out.exists():
             state = "archived"  # restored, not rerun, by a real run
         click.echo(f"{state:8s} {c.key}")
-        click.echo(f"         {error}" if error else f"         {shlex.join(c.argv(threads))}")
+        click.echo(f"         {error or why_stale or shlex.join(c.argv(threads))}")
 
 
 def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
@@ -79,7 +80,8 @@ def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
     todo, settled = [], {}
     for c in cells:
         if c.is_done():
-            settled[c.key] = CellResult(c.key, "stale" if stale(c) else "skipped")
+            why = stale(c)
+            settled[c.key] = CellResult(c.key, "stale" if why else "skipped", error=why)
         elif error := validate(c):
             settled[c.key] = record_failure(c, error)
         else:
@@ -148,10 +150,10 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
 
 def _summary(results: dict[str, dict[str, Any]]) -> None:
     failed = {k: r for k, r in results.items() if r["status"] == "failed"}
-    stale_ = [k for k, r in results.items() if r["status"] == "stale"]
-    for key in stale_:
-        click.echo(f"warning: {key} finished with another configuration than the grid's "
-                   "now (kept; delete its directory to rerun it)", err=True)
+    for key, r in results.items():
+        if r["status"] == "stale":
+            click.echo(f"warning: {key} is stale: {r.get('error', 'changed')} "
+                       "(kept; delete its directory to rerun it)", err=True)
     for key, r in failed.items():
         click.echo(f"FAILED {key}: {r.get('error', '')} (log: {r.get('log')})", err=True)
     done = sum(r["status"] == "done" for r in results.values())

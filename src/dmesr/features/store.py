@@ -158,6 +158,18 @@ class FeatureStore:
             if sha256_file(path) != meta["files"][f"{key}_sha256"]:
                 raise ArtifactMismatchError(f"{path} does not match its sidecar's sha256")
 
+    def record(self, names: list[str]) -> dict[str, Any]:
+        """What a model reading `names` takes from this store: the folder and, per view it
+        holds, the sha256 of its files (from the sidecars, not re-hashed). A run keeps it in
+        run.json, because its feature tables are not in its checkpoints."""
+        views = {}
+        for name in names:
+            if (self.root / f"{name}.json").is_file():
+                files = self.meta(name)["files"]
+                views[name] = {"features_sha256": files["features_sha256"],
+                               "mask_sha256": files["mask_sha256"]}
+        return {"store": str(self.root), "views": views}
+
     def summary(self) -> list[dict[str, Any]]:
         rows = []
         for v in self.views:
@@ -166,3 +178,31 @@ class FeatureStore:
                          "encoder": m.get("encoder", {}).get("name"),
                          "coverage": f"{m['coverage']['items']}/{m['coverage']['of']}"})
         return rows
+
+
+def feature_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How the views in `now` (a `FeatureStore.record`) differ from `saved`; the folder may
+    move (archived runs, clones), only the files' content counts."""
+    old, new = saved.get("views", {}), now.get("views", {})
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            changes.append(f"{name} is gone")
+        elif name not in old:
+            changes.append(f"{name} was not there")
+        elif old[name] != new[name]:
+            before, after = old[name]["features_sha256"], new[name]["features_sha256"]
+            changes.append(f"{name} changed (features sha256 {before[:12]}… now {after[:12]}…)")
+    return changes
+
+
+def check_features(saved: dict[str, Any] | None, now: dict[str, Any] | None, what: str) -> None:
+    """Refuse `what` (a run) when the feature views it read differ from the store's now.
+    Runs from before runs recorded their features (`saved` None) cannot be checked."""
+    if not saved or not now:
+        return
+    if changes := feature_changes(saved, now):
+        raise ArtifactMismatchError(
+            f"{what} read other features than {now['store']} holds now: {'; '.join(changes)}; "
+            "train it again (--overwrite) or point model.encoder.features at the store it read"
+        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from dmesr.train.config import ModelConfig
 
 __all__ = ["BERT4Rec", "GRU4Rec", "IdEncoder", "Pop", "SASRec", "SequentialRecommender",
-           "build_encoder", "build_model"]
+           "build_encoder", "build_model", "feature_record"]
 
 
 def build_encoder(cfg: ModelConfig, n_items: int,
@@ -27,12 +28,29 @@ def build_encoder(cfg: ModelConfig, n_items: int,
     if cfg.encoder.type == "dmesr":
         if dataset is None:
             raise ValueError("the dmesr encoder needs the prepared dataset (feature store)")
-        from dmesr.config import resolve_path
         from dmesr.models.dmesr import build_dmesr_encoder
 
-        store = resolve_path(cfg.encoder.features) if cfg.encoder.features else None
-        return build_dmesr_encoder(cfg.encoder.dmesr, cfg.view_width, dataset, store)
+        return build_dmesr_encoder(cfg.encoder.dmesr, cfg.view_width, dataset,
+                                   _store_dir(cfg, dataset))
     raise ValueError(f"unknown encoder type '{cfg.encoder.type}'")
+
+
+def _store_dir(cfg: ModelConfig, dataset: PreparedDataset) -> Path:
+    from dmesr.config import resolve_path
+
+    return resolve_path(cfg.encoder.features) if cfg.encoder.features else dataset.root / "features"
+
+
+def feature_record(cfg: ModelConfig, dataset: PreparedDataset) -> dict[str, Any] | None:
+    """What the configured item encoder reads from the feature store (`FeatureStore.record`);
+    None for an encoder that reads no features."""
+    if cfg.encoder.type != "dmesr":
+        return None
+    from dmesr.features.store import FeatureStore
+    from dmesr.models.dmesr import feature_view_names
+
+    names = feature_view_names(cfg.encoder.dmesr, dataset)
+    return FeatureStore(_store_dir(cfg, dataset), dataset).record(names[0] + names[1])
 
 
 def build_model(

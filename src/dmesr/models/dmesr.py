@@ -435,6 +435,13 @@ class SequenceFusion(nn.Module):
         return torch.stack(out, dim=2)
 
 
+def feature_view_names(cfg: DMESRConfig, dataset: PreparedDataset) -> tuple[list[str], list[str]]:
+    """Store views a DMESR encoder asks for: (MLLM views, original text fields)."""
+    fields = cfg.text_fields if cfg.text_fields is not None else dataset.text_fields
+    return ([v if v == "img_enc" else f"mllm_{v}" for v in cfg.mllm_views],
+            [f"text_{f}" for f in fields])
+
+
 def build_dmesr_encoder(cfg: DMESRConfig, dim: int, dataset: PreparedDataset,
                         store_dir: str | Path | None = None) -> DMESREncoder:
     """A DMESR encoder over the dataset's feature store (`dmesr embed` output).
@@ -447,6 +454,7 @@ def build_dmesr_encoder(cfg: DMESRConfig, dim: int, dataset: PreparedDataset,
 
     store = FeatureStore(store_dir or dataset.root / "features", dataset)
     available = set(store.views)
+    mllm_names, text_names = feature_view_names(cfg, dataset)
 
     def load(names: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
         out = {}
@@ -457,9 +465,7 @@ def build_dmesr_encoder(cfg: DMESRConfig, dim: int, dataset: PreparedDataset,
                              torch.from_numpy(view.mask))
         return out
 
-    mllm = load([v if v == "img_enc" else f"mllm_{v}" for v in cfg.mllm_views])
-    fields = cfg.text_fields if cfg.text_fields is not None else dataset.text_fields
-    text = load([f"text_{f}" for f in fields])
+    mllm, text = load(mllm_names), load(text_names)
     need = {"mllm": mllm, "text": text}
     for view in cfg.out_views:
         if view in need and not need[view]:

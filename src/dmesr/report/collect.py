@@ -136,6 +136,31 @@ def results_frame(exp: Experiment) -> pd.DataFrame:
     return df.sort_values(["_b", "_v", "seed"]).drop(columns=["_b", "_v"]).reset_index(drop=True)
 
 
+@dataclass
+class FeatureFiles:
+    """Which feature files an experiment's runs read (run.json `features`)."""
+
+    views: dict[str, dict[str, int]]  # view -> features sha256 -> runs
+    unrecorded: int  # runs from before runs recorded their features
+    none: int  # runs that read no features (ID-only, Pop)
+
+
+def feature_files(exp: Experiment) -> FeatureFiles:
+    views: dict[str, dict[str, int]] = {}
+    unrecorded = none = 0
+    for run in exp.runs:
+        record = read_json(run.path / "run.json") if (run.path / "run.json").is_file() else {}
+        if "features" not in record:
+            unrecorded += 1
+        elif record["features"] is None:
+            none += 1
+        else:
+            for name, files in record["features"]["views"].items():
+                shas = views.setdefault(name, {})
+                shas[files["features_sha256"]] = shas.get(files["features_sha256"], 0) + 1
+    return FeatureFiles(dict(sorted(views.items())), unrecorded, none)
+
+
 def mean_std(values: pd.Series) -> tuple[float, float, int]:
     """Mean, sample std (ddof=1; 0 for one seed) and n of the non-missing values."""
     v = values.dropna().astype(float)

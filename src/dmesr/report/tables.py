@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmesr.report.collect import Experiment, mean_std
+from dmesr.report.collect import Experiment, FeatureFiles, feature_files, mean_std
 from dmesr.report.significance import METHOD, Test
 
 GROUPS = [("tail_user", "tail users"), ("head_user", "head users"),
@@ -134,6 +134,25 @@ def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
             f"{g.get('groups_head_item_frac', 0.2):.0%} by training popularity "
             f"(≥ {g['groups_head_item_min_train_count']:g} interactions), grouped by the "
             "test target item.")
+    return lines + feature_lines(feature_files(exp))
+
+
+def feature_lines(files: FeatureFiles) -> list[str]:
+    """What the runs read from the feature store, and a warning when they disagree."""
+    if not files.views:
+        return ([f"- Feature files: not recorded by {files.unrecorded} runs (made before runs "
+                 "recorded them)."] if files.unrecorded else [])
+    same = ", ".join(f"`{v}` {next(iter(shas))[:12]}" for v, shas in files.views.items()
+                     if len(shas) == 1)
+    lines = [f"- Feature files read (sha256 of each view's features, from run.json): "
+             f"{same or 'see the warnings below'}"
+             + (f"; {files.unrecorded} runs predate this record" if files.unrecorded else "")
+             + (f"; {files.none} runs read none" if files.none else "") + "."]
+    for view, shas in files.views.items():
+        if len(shas) > 1:
+            parts = ", ".join(f"{sha[:12]} ({n} runs)" for sha, n in shas.items())
+            lines.append(f"- **Warning: runs read different `{view}` files**: {parts}; "
+                         "their numbers are not comparable.")
     return lines
 
 

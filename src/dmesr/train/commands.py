@@ -44,8 +44,10 @@ class TrainedRun:
 
 def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
     """The model of a run (`best` or `last` checkpoint, in eval mode) on the dataset it was
-    trained on; a dataset whose content hash changed since is refused."""
-    from dmesr.models import build_model
+    trained on; a dataset whose content hash changed since is refused, and so are feature
+    views whose files differ from those the run recorded."""
+    from dmesr.features.store import check_features
+    from dmesr.models import build_model, feature_record
     from dmesr.train.checkpoint import load_checkpoint
 
     run = Path(run)
@@ -60,7 +62,10 @@ def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
                          "let `dmesr train` run (it resumes) or choose another run")
     cfg = load_config(RunConfig, [run / "config.yaml"])
     ds = open_dataset(cfg.dataset)
-    ds.check_hash(read_json(run / "run.json")["dataset"]["content_hash"], f"run {run}")
+    record = read_json(run / "run.json")
+    ds.check_hash(record["dataset"]["content_hash"], f"run {run}")
+    # the feature tables are not in the checkpoint: other files would silently change it
+    check_features(record.get("features"), feature_record(cfg.model, ds), f"run {run}")
     model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity(),
                         dataset=ds)
     load_checkpoint(ckpt, model)

@@ -24,8 +24,9 @@ from dmesr.config import dump_yaml
 from dmesr.data.dataset import PreparedDataset
 from dmesr.errors import ConfigError
 from dmesr.eval.evaluate import EvalSplit, dataset_groups, evaluate, load_eval_split, save_per_user
+from dmesr.features.store import check_features
 from dmesr.io import provenance, read_json, read_jsonl, write_json
-from dmesr.models import build_model
+from dmesr.models import build_model, feature_record
 from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
 from dmesr.train.distributed import (
@@ -168,6 +169,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.ckpt_dir / "last.safetensors"
         cfg_path = self.out / "config.yaml"
+        features = feature_record(self.cfg.model, self.ds)
         if resume and last.exists():
             saved = read_json(self.out / "run.json")
             if config_changed(saved["comparable_config"], self.cfg):
@@ -176,11 +178,13 @@ class Trainer:
                     "use another --out or --overwrite"
                 )
             self.ds.check_hash(saved["dataset"]["content_hash"], f"run {self.out}")
+            check_features(saved.get("features"), features, f"run {self.out}")
             return True
         cfg_path.write_text(dump_yaml(self.cfg))
         write_json(self.out / "run.json", provenance(
             dataset={"path": str(self.ds.root), "name": self.ds.name,
                      "content_hash": self.ds.content_hash},
+            features=features,
             comparable_config=_comparable(self.cfg),
         ))
         self.log.truncate(0)
