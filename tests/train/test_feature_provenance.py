@@ -94,6 +94,11 @@ def test_feature_changes_names_missing_and_added_views(tiny_dataset, tmp_path) -
     assert feature_changes(full, fewer) == ["text_genres is gone", "text_title is gone"]
     assert feature_changes(fewer, full) == ["text_genres was not there",
                                             "text_title was not there"]
+    masked = {**full, "views": {**full["views"], "text_title": {
+        **full["views"]["text_title"], "mask_sha256": "0" * 64}}}  # same features, new mask
+    assert feature_changes(full, masked) == [
+        f"text_title changed (mask sha256 {full['views']['text_title']['mask_sha256'][:12]}… "
+        "now 000000000000…)"]
     moved = {**full, "store": "/elsewhere"}  # an archived or cloned run: only content counts
     assert feature_changes(moved, full) == []
     check_features(None, full, "an old run")  # nothing recorded: nothing to check

@@ -191,9 +191,15 @@ def feature_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         elif name not in old:
             changes.append(f"{name} was not there")
         elif old[name] != new[name]:
-            before, after = old[name]["features_sha256"], new[name]["features_sha256"]
-            changes.append(f"{name} changed (features sha256 {before[:12]}… now {after[:12]}…)")
+            changes.append(f"{name} changed ({_changed_files(old[name], new[name])})")
     return changes
+
+
+def _changed_files(old: dict[str, str], new: dict[str, str]) -> str:
+    """'features sha256 ab12… now cd34…' for each file of a view whose hash differs."""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k.removesuffix('_sha256')} sha256 {str(old.get(k))[:12]}… "
+                     f"now {str(new.get(k))[:12]}…" for k in keys)
 
 
 def check_features(saved: dict[str, Any] | None, now: dict[str, Any] | None, what: str) -> None:
