@@ -162,3 +162,16 @@ def test_dmesr_settings_do_not_make_an_id_only_run_stale(tmp_path) -> None:
     assert not stale(edited)
     assert stale(Cell("sasrec", "id", 2026, False, (str(base),),
                       ("model.hidden=64", "model.encoder.type=dmesr"), cell.out))
+
+
+def test_the_same_dataset_path_spelled_another_way_is_no_change(tmp_path) -> None:
+    from dmesr.config import load_config
+    from dmesr.train.config import RunConfig
+    from dmesr.train.trainer import _comparable, config_changed
+
+    cfg = load_config(RunConfig, [], [f"dataset.paths.prepared={tmp_path / 'data'}"])
+    saved = _comparable(cfg)
+    saved["dataset"]["paths"]["prepared"] = str(tmp_path / "configs" / ".." / "data")
+    assert not config_changed(saved, cfg)
+    saved["dataset"]["paths"]["prepared"] = str(tmp_path / "other")
+    assert config_changed(saved, cfg)

@@ -119,9 +119,13 @@ def test_report_names_the_feature_files_and_warns_when_runs_disagree(trained, tm
     old = tmp_path / "old"
     old.mkdir()
     write_json(old / "run.json", {"dataset": record["dataset"]})  # before the record
+    old_id = tmp_path / "old_id"  # an ID-only run from before the record: it read none
+    old_id.mkdir()
+    write_json(old_id / "run.json", {"dataset": record["dataset"], "comparable_config": {
+        "model": {"encoder": {"type": "id"}}}})
     runs = [Run("sasrec", "dmesr", s, p, {}) for s, p in ((1, out), (2, other), (3, old))]
-    files = feature_files(Experiment(tmp_path, runs, {}))
-    assert files.unrecorded == 1 and files.none == 0
+    files = feature_files(Experiment(tmp_path, [*runs, Run("sasrec", "id", 4, old_id, {})], {}))
+    assert files.unrecorded == 1 and files.none == 1
     txt_sha = read_json(store / "mllm_txt.json")["files"]["features_sha256"]
     assert files.views["mllm_txt"] == {txt_sha: 1, "f" * 64: 1}
     first, warning = feature_lines(files)
@@ -129,3 +133,17 @@ def test_report_names_the_feature_files_and_warns_when_runs_disagree(trained, tm
     assert "`mllm_txt`" not in first
     assert "different `mllm_txt` files" in warning and "ffffffffffff (1 runs)" in warning
     assert feature_lines(feature_files(Experiment(tmp_path, runs[:1], {})))[1:] == []
+
+
+def test_a_served_model_names_the_feature_files_it_answers_with(trained, tiny_dataset,
+                                                                tmp_path) -> None:
+    from dmesr.serve.recommender import Recommender
+
+    out, store, overrides = trained
+    described = Recommender.from_run(out).describe()["features"]
+    assert described == {name: read_json(store / f"{name}.json")["files"]["features_sha256"][:12]
+                         for name in FAKE_VIEWS}
+    id_only = tmp_path / "id"
+    cfg = load_config(RunConfig, [], [*overrides, "model.encoder.type=id"])
+    Trainer(cfg, tiny_dataset, id_only).fit()
+    assert Recommender.from_run(id_only).describe()["features"] is None

@@ -111,30 +111,39 @@ def validate(cell: Cell) -> str | None:
     return None
 
 
-def stale(cell: Cell) -> str | None:
-    """Why a finished cell no longer is what the grid asks now (None: it still is): the
-    variant was edited after the run, or the feature views it read have other files now.
-    Such a cell is kept and reported, never silently mixed in."""
+def finished_status(cell: Cell) -> tuple[str, str | None]:
+    """What a finished cell is under the grid now: ("done", None) the run the grid asks;
+    ("continue", why) only its stopping rule grew (patience, epochs), so it goes on from
+    its last checkpoint; ("stale", why) the variant was edited after the run, the feature
+    views it read have other files now, or it cannot go on. A stale cell is kept and
+    reported, never silently mixed in."""
     from dmesr.config import load_config
     from dmesr.data.dataset import PreparedDataset
     from dmesr.features.store import feature_changes
     from dmesr.io import read_json
     from dmesr.models import feature_record
     from dmesr.train.config import RunConfig
+    from dmesr.train.continuation import plan
     from dmesr.train.trainer import config_changed
 
     try:
         saved = read_json(cell.out / "run.json")
         cfg = load_config(RunConfig, list(cell.configs), list(cell.overrides))
         if config_changed(saved["comparable_config"], cfg):
-            return "its configuration differs from the grid's now"
-        if not saved.get("features"):  # a run from before runs recorded their features
-            return None
-        now = feature_record(cfg.model, PreparedDataset(cfg.dataset.prepared_dir()))
+            return "stale", "its configuration differs from the grid's now"
+        if saved.get("features"):  # runs from before runs recorded their features: unchecked
+            now = feature_record(cfg.model, PreparedDataset(cfg.dataset.prepared_dir()))
+            if changes := feature_changes(saved["features"], now) if now else []:
+                return "stale", f"its feature views changed: {'; '.join(changes)}"
+        return plan(cell.out, cfg)
     except (OSError, KeyError, ValueError, DmesrError):
-        return None
-    changes = feature_changes(saved["features"], now) if now else []
-    return f"its feature views changed: {'; '.join(changes)}" if changes else None
+        return "done", None
+
+
+def stale(cell: Cell) -> str | None:
+    """Why a finished cell is stale (None: it is not; see `finished_status`)."""
+    status, why = finished_status(cell)
+    return why if status == "stale" else None
 
 
 def threads_per_worker(workers: int) -> int:

@@ -12,9 +12,9 @@ import click
 from dmesr.experiment.cells import (
     Cell,
     expand,
+    finished_status,
     parse_only,
     select,
-    stale,
     threads_per_worker,
     validate,
 )
@@ -67,21 +67,26 @@ _CELL_FIXED = ("key", "ablation", "out", "command")
 def _dry_run(cells: list[Cell], threads: int, archived: set[str]) -> None:
     for c in cells:
         error = validate(c)
-        why_stale = None if error or not c.is_done() else stale(c)
-        state = "INVALID" if error else "stale" if why_stale else c.status()
+        state, why = (c.status(), None) if error or not c.is_done() else finished_status(c)
+        state = "INVALID" if error else state
         if state == "todo" and c.key in archived and not c.out.exists():
             state = "archived"  # restored, not rerun, by a real run
-        click.echo(f"{state:8s} {c.key}")
-        click.echo(f"         {error or why_stale or shlex.join(c.argv(threads))}")
+        click.echo(f"{state:8s} {c.key}" + (f"  ({why})" if state == "continue" else ""))
+        detail = error or (why if state == "stale" else shlex.join(c.argv(threads)))
+        click.echo(f"         {detail}")
 
 
 def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
-    """Cells to run; finished or invalid cells are settled without launching anything."""
+    """Cells to run; finished or invalid cells are settled without launching anything,
+    except finished ones that go on under a larger patience or epoch count."""
     todo, settled = [], {}
     for c in cells:
         if c.is_done():
-            why = stale(c)
-            settled[c.key] = CellResult(c.key, "stale" if why else "skipped", error=why)
+            status, why = finished_status(c)
+            if status == "continue":
+                todo.append(c)
+            else:
+                settled[c.key] = CellResult(c.key, "stale" if why else "skipped", error=why)
         elif error := validate(c):
             settled[c.key] = record_failure(c, error)
         else:
@@ -125,7 +130,8 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
     results = {k: r.as_dict() for k, r in settled.items()}
     _write_meta(grid, command, all_cells, results, threads)
     click.echo(f"{len(cells)} cells: {len(todo)} to run "
-               f"({sum(c.status() == 'resume' for c in todo)} resuming), "
+               f"({sum(c.status() == 'resume' for c in todo)} resuming, "
+               f"{sum(c.is_done() for c in todo)} going on under a larger patience/epochs), "
                f"{sum(r.status in ('skipped', 'stale') for r in settled.values())} finished, "
                f"{sum(r.status == 'failed' for r in settled.values())} invalid; "
                f"{n_workers} workers × {threads} threads")

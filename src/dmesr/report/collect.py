@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,12 @@ class Run:
     path: Path
     metrics: dict[str, Any]
 
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        """The run's run.json ({} when it has none)."""
+        path = self.path / "run.json"
+        return read_json(path) if path.is_file() else {}
+
 
 @dataclass
 class Experiment:
@@ -49,7 +57,7 @@ class Experiment:
     def dataset(self) -> str:
         if self.grid.get("dataset"):
             return str(self.grid["dataset"])
-        names = {read_json(r.path / "run.json")["dataset"]["name"] for r in self.runs}
+        names = {r.record["dataset"]["name"] for r in self.runs}
         return "+".join(sorted(names))
 
     def backbones(self) -> list[str]:
@@ -149,16 +157,37 @@ def feature_files(exp: Experiment) -> FeatureFiles:
     views: dict[str, dict[str, int]] = {}
     unrecorded = none = 0
     for run in exp.runs:
-        record = read_json(run.path / "run.json") if (run.path / "run.json").is_file() else {}
-        if "features" not in record:
+        record = run.record
+        encoder = record.get("comparable_config", {}).get("model", {}).get("encoder", {})
+        if "features" not in record and encoder.get("type", "dmesr") == "dmesr":
             unrecorded += 1
-        elif record["features"] is None:
+        elif record.get("features") is None:  # ID-only and Pop read none, recorded or not
             none += 1
         else:
             for name, files in record["features"]["views"].items():
                 shas = views.setdefault(name, {})
                 shas[files["features_sha256"]] = shas.get(files["features_sha256"], 0) + 1
     return FeatureFiles(dict(sorted(views.items())), unrecorded, none)
+
+
+@dataclass
+class StoppingRules:
+    """The early-stopping patience of an experiment's runs, per backbone, and how many
+    runs went on from an earlier stop under a larger one (run.json `continued`)."""
+
+    patience: dict[str, Counter[int]]
+    continued: int
+
+
+def stopping_rules(exp: Experiment) -> StoppingRules:
+    patience: dict[str, Counter[int]] = {}
+    continued = 0
+    for run in exp.runs:
+        value = run.record.get("comparable_config", {}).get("train", {}).get("patience")
+        if value is not None and run.metrics.get("train.epochs", 0) > 0:  # trained runs only
+            patience.setdefault(run.backbone, Counter())[int(value)] += 1
+        continued += bool(run.record.get("continued"))
+    return StoppingRules({b: patience[b] for b in exp.backbones() if b in patience}, continued)
 
 
 def mean_std(values: pd.Series) -> tuple[float, float, int]:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmesr.report.collect import Experiment, FeatureFiles, feature_files, mean_std
+from dmesr.report.collect import (
+    Experiment,
+    FeatureFiles,
+    StoppingRules,
+    feature_files,
+    mean_std,
+    stopping_rules,
+)
 from dmesr.report.significance import METHOD, Test
 
 GROUPS = [("tail_user", "tail users"), ("head_user", "head users"),
@@ -134,7 +141,26 @@ def protocol_lines(exp: Experiment, df: pd.DataFrame) -> list[str]:
             f"{g.get('groups_head_item_frac', 0.2):.0%} by training popularity "
             f"(≥ {g['groups_head_item_min_train_count']:g} interactions), grouped by the "
             "test target item.")
-    return lines + feature_lines(feature_files(exp))
+    return lines + stopping_lines(stopping_rules(exp)) + feature_lines(feature_files(exp))
+
+
+def stopping_lines(rules: StoppingRules) -> list[str]:
+    """Each backbone's patience, and a warning when one backbone's runs used several."""
+    if not rules.patience:
+        return []
+    per_backbone = ", ".join(f"{b} {'/'.join(str(p) for p in sorted(c))}"
+                             for b, c in rules.patience.items())
+    line = f"- Early stopping patience (validations without improvement): {per_backbone}"
+    if rules.continued:
+        line += (f"; {rules.continued} runs went on from an earlier stop under a larger "
+                 "patience or epoch count (run.json `continued`; the same runs epoch for epoch)")
+    lines = [line + "."]
+    for backbone, counts in rules.patience.items():
+        if len(counts) > 1:
+            parts = ", ".join(f"{p} ({n} runs)" for p, n in sorted(counts.items()))
+            lines.append(f"- **Warning: {backbone} runs stopped under different patience**: "
+                         f"{parts}; the longer patience may favour its variants.")
+    return lines
 
 
 def feature_lines(files: FeatureFiles) -> list[str]:

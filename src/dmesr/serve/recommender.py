@@ -22,6 +22,7 @@ import torch
 from dmesr.data.dataset import SplitView
 from dmesr.errors import DmesrError
 from dmesr.eval.evaluate import MAX_SCORES_PER_CHUNK
+from dmesr.io import read_json
 from dmesr.train.commands import TrainedRun, load_trained_run
 
 if TYPE_CHECKING:
@@ -78,7 +79,16 @@ class Recommender:
                 "dataset": self.run.dataset.name,
                 "dataset_hash": self.run.dataset.content_hash,
                 "backbone": cfg.model.backbone, "encoder": cfg.model.encoder.type,
-                "items": self.n_items, "users": len(self._user_id), "max_len": self.max_len}
+                "items": self.n_items, "users": len(self._user_id), "max_len": self.max_len,
+                "features": self._feature_files()}
+
+    def _feature_files(self) -> dict[str, str] | None:
+        """sha256 prefix of each feature view the model reads (None: ID-only, or a run
+        from before runs recorded them): which MLLM descriptions this server answers with."""
+        record = read_json(self.run.path / "run.json").get("features")
+        if not record:
+            return None
+        return {view: files["features_sha256"][:12] for view, files in record["views"].items()}
 
     # ---- ids ---------------------------------------------------------------------------
     def user_ids(self, user_keys: Sequence[object]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from dmesr.io import provenance, read_json, read_jsonl, write_json
 from dmesr.models import build_model, feature_record
 from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
+from dmesr.train.continuation import inexact, record_continuation, still_stopped
 from dmesr.train.distributed import (
     all_mean,
     average_gradients,
@@ -66,7 +68,13 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
 
 def _relevant(data: dict[str, Any]) -> dict[str, Any]:
     """`data` without the DMESR settings of a run whose encoder is not DMESR: they do not
-    change that run, so a backbone file that sets one must not make its ID-only runs stale."""
+    change that run, so a backbone file that sets one must not make its ID-only runs stale.
+    Dataset paths are compared normalised (`a/b/../c` is `a/c`)."""
+    paths = data.get("dataset", {}).get("paths")
+    if isinstance(paths, dict):
+        paths = {k: os.path.normpath(v) if isinstance(v, str) and "://" not in v else v
+                 for k, v in paths.items()}
+        data = {**data, "dataset": {**data["dataset"], "paths": paths}}
     encoder = data.get("model", {}).get("encoder", {})
     if isinstance(encoder, dict) and encoder.get("type") != "dmesr" and "dmesr" in encoder:
         data = {**data, "model": {**data["model"],
@@ -78,9 +86,17 @@ def config_changed(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """Whether `cfg` asks for something else than the run that saved `saved`
     (its `comparable_config`). An option added to the code after that run counts as
     unchanged while it keeps its default (new options must default to the old behaviour)
-    and as a change once a config or override sets it."""
-    return _differs(_relevant(saved), _comparable(cfg),
+    and as a change once a config or override sets it. A larger patience is no change:
+    the run goes on where it stopped (continuation.py); a smaller one is."""
+    old_patience = saved.get("train", {}).get("patience", cfg.train.patience)
+    if cfg.train.patience < old_patience:
+        return True
+    return _differs(_without_patience(_relevant(saved)), _without_patience(_comparable(cfg)),
                     cfg.model_dump(mode="json", exclude_unset=True))
+
+
+def _without_patience(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "train": {k: v for k, v in data.get("train", {}).items() if k != "patience"}}
 
 
 def _differs(saved: object, now: object, explicit: object) -> bool:
@@ -190,6 +206,21 @@ class Trainer:
         self.log.truncate(0)
         return False
 
+    def _note_continuation(self) -> None:
+        """A resumed run goes on: a finished one (only its stopping rule grew) keeps its
+        old metrics as metrics.epoch<N>.json, and run.json / config.yaml take the new
+        stopping settings. metrics.json goes first: a kill in between leaves a run that
+        resumes, never one that looks finished under settings it has not trained for."""
+        epoch = self.state["epoch"]
+        metrics = self.out / "metrics.json"
+        if metrics.is_file():
+            if problem := inexact(self.state, self.cfg.train):
+                raise ConfigError(f"{self.out} cannot go on: {problem}; "
+                                  "use another --out or --overwrite")
+            metrics.replace(self.out / f"metrics.epoch{epoch}.json")
+        if record_continuation(self.out, self.cfg, _comparable(self.cfg), epoch):
+            (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
+
     # ---- loop ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int, on_step: StepHook | None) -> float:
         self.model.train()
@@ -241,8 +272,11 @@ class Trainer:
             self.state = {k: v for k, v in meta.items() if k != "optimizer"}
             if main:
                 self.log.truncate(self.state["log_offset"])
-            if self.state.get("stopped"):
+            if still_stopped(self.state, self.cfg.train):
                 return self.finish()
+            if main:
+                self._note_continuation()
+            self.state["stopped"] = None  # a larger patience or budget lets it go on
         tb = _tensorboard(self.out, self.cfg.train.tensorboard and main)
         self._loop(on_step, tb)
         if tb is not None:
