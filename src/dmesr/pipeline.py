@@ -3,7 +3,8 @@
 Each stage is resumable and skips finished work, so a rerun only prints the table:
 the dataset is reused when its sources and parameters are unchanged, the MLLM cache
 answers every prompt it already has, feature views are rebuilt only when stale, and
-finished training cells are skipped.
+finished training cells are skipped (those trained over feature files rebuilt since, or
+with other settings, train again; the old run is kept beside).
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def run_pipeline(path: Path, log: Log = click.echo, progress: bool = True) -> Pa
     run_embed(p["prepared"], stage_a, progress=progress, log=log)
     log(f"   ({time.perf_counter() - t:.1f}s)")
     t = _stage(log, 4, "train + evaluate")
-    args = [str(p["experiment"]), f"dataset.paths.prepared={p['prepared']}"]
+    # a cached stage is redone when its inputs changed: cells trained over feature files
+    # that were rebuilt since, or whose settings were edited, train again
+    args = [str(p["experiment"]), "--rerun-stale", f"dataset.paths.prepared={p['prepared']}"]
     if not progress:
         args.append("--no-progress")
     try:

@@ -147,3 +147,19 @@ def test_a_served_model_names_the_feature_files_it_answers_with(trained, tiny_da
     cfg = load_config(RunConfig, [], [*overrides, "model.encoder.type=id"])
     Trainer(cfg, tiny_dataset, id_only).fit()
     assert Recommender.from_run(id_only).describe()["features"] is None
+
+
+def test_rerun_stale_sets_the_old_run_aside_and_trains_the_cell_again(trained) -> None:
+    from dmesr.experiment.commands import _plan
+
+    out, store, overrides = trained
+    cell = Cell("sasrec", "dmesr", 2026, False, (), tuple(overrides), out)
+    _rewrite(store, "text_title", 0.5)
+    todo, settled = _plan([cell])
+    assert not todo and settled[cell.key].status == "stale" and out.is_dir()
+    said: list[str] = []
+    todo, settled = _plan([cell], rerun_stale=True, echo=said.append)
+    assert todo == [cell] and not settled and not out.exists()
+    kept = [p for p in out.parent.iterdir() if p.name.startswith("run.stale-")]
+    assert len(kept) == 1 and (kept[0] / "metrics.json").is_file()
+    assert "text_title changed" in said[0] and kept[0].name in said[0]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -26,13 +29,14 @@ from dmesr.report.collect import META_NAME
 
 
 def _command(grid_file: str, workers: int | None, only: tuple[str, ...], dry_run: bool,
-             no_report: bool, overrides: tuple[str, ...]) -> str:
+             no_report: bool, rerun_stale: bool, overrides: tuple[str, ...]) -> str:
     argv = ["dmesr", "experiment", grid_file]
     argv += ["--workers", str(workers)] if workers else []
     for spec in only:
         argv += ["--only", spec]
     argv += ["--dry-run"] if dry_run else []
     argv += ["--no-report"] if no_report else []
+    argv += ["--rerun-stale"] if rerun_stale else []
     return shlex.join([*argv, *overrides])
 
 
@@ -76,14 +80,27 @@ def _dry_run(cells: list[Cell], threads: int, archived: set[str]) -> None:
         click.echo(f"         {detail}")
 
 
-def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
+def set_aside(cell: Cell) -> Path:
+    """Rename a stale cell's folder to `seed<N>.stale-<time>` (reports skip it) so that
+    the cell can run again without losing the old run."""
+    target = cell.out.with_name(f"{cell.out.name}.stale-{time.strftime('%Y%m%dT%H%M%S')}")
+    cell.out.rename(target)
+    return target
+
+
+def _plan(cells: list[Cell], rerun_stale: bool = False,
+          echo: Callable[[str], None] = click.echo) -> tuple[list[Cell], dict[str, CellResult]]:
     """Cells to run; finished or invalid cells are settled without launching anything,
-    except finished ones that go on under a larger patience or epoch count."""
+    except finished ones that go on under a larger patience or epoch count, and stale
+    ones when `rerun_stale` (their folder is set aside, not deleted)."""
     todo, settled = [], {}
     for c in cells:
         if c.is_done():
             status, why = finished_status(c)
-            if status == "continue":
+            if status == "stale" and rerun_stale:
+                echo(f"stale  {c.key}: {why}; set aside as {set_aside(c).name}, rerunning")
+                todo.append(c)
+            elif status == "continue":
                 todo.append(c)
             else:
                 settled[c.key] = CellResult(c.key, "stale" if why else "skipped", error=why)
@@ -102,14 +119,19 @@ def _plan(cells: list[Cell]) -> tuple[list[Cell], dict[str, CellResult]]:
 @click.option("--dry-run", is_flag=True, help="list cells, their status and commands")
 @click.option("--no-report", is_flag=True, help="do not write the report afterwards")
 @click.option("--no-progress", is_flag=True, help="no progress bar (logs, CI)")
+@click.option("--rerun-stale", is_flag=True, help="train stale cells again (their folder is "
+              "renamed to seed<N>.stale-<time>) instead of keeping them")
 @click.argument("overrides", nargs=-1)
 def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_run: bool,
-               no_report: bool, no_progress: bool, overrides: tuple[str, ...]) -> None:
+               no_report: bool, no_progress: bool, rerun_stale: bool,
+               overrides: tuple[str, ...]) -> None:
     """Run a grid of backbone × variant × seed cells (resumable) and report the results.
 
     OVERRIDES: run settings for every cell (train.epochs=5, dataset.paths.prepared=…)
     or grid settings (seeds=[1,2], out=runs/x, results_dir=…). Finished cells (with
-    metrics.json) are skipped; interrupted ones resume from their last checkpoint.
+    metrics.json) are skipped, or go on when only a larger patience/epochs asks for
+    more; interrupted ones resume from their last checkpoint; stale ones (edited since,
+    or over other feature files) are kept and flagged, or rerun with --rerun-stale.
     """
     grid_over, run_over = split_overrides(list(overrides))
     grid = load_grid(grid_file, grid_over)
@@ -121,12 +143,12 @@ def experiment(grid_file: str, workers: int | None, only: tuple[str, ...], dry_r
     if dry_run:
         _dry_run(cells, threads, set(archived_keys(grid.results_path())))
         return
-    command = _command(grid_file, workers, only, dry_run, no_report, overrides)
+    command = _command(grid_file, workers, only, dry_run, no_report, rerun_stale, overrides)
     restored = restore_runs(grid.results_path(), grid.out_dir(), [c.key for c in all_cells])
     if restored:
         click.echo(f"restored {len(restored)} finished cells from "
                    f"{grid.results_path() / ARCHIVE} (not rerun)")
-    todo, settled = _plan(cells)
+    todo, settled = _plan(cells, rerun_stale)
     results = {k: r.as_dict() for k, r in settled.items()}
     _write_meta(grid, command, all_cells, results, threads)
     click.echo(f"{len(cells)} cells: {len(todo)} to run "
@@ -159,7 +181,7 @@ def _summary(results: dict[str, dict[str, Any]]) -> None:
     for key, r in results.items():
         if r["status"] == "stale":
             click.echo(f"warning: {key} is stale: {r.get('error', 'changed')} "
-                       "(kept; delete its directory to rerun it)", err=True)
+                       "(kept; --rerun-stale trains it again)", err=True)
     for key, r in failed.items():
         click.echo(f"FAILED {key}: {r.get('error', '')} (log: {r.get('log')})", err=True)
     done = sum(r["status"] == "done" for r in results.values())

@@ -61,7 +61,7 @@ def finished_state(run_dir: Path) -> dict[str, Any]:
 def plan(run_dir: Path, cfg: RunConfig) -> tuple[str, str | None]:
     """What a finished run becomes under `cfg` (whose other settings it already has):
     ("done", None) it is that run; ("continue", why) it goes on from its last checkpoint;
-    ("stale", why) it cannot become that run (kept; delete it to rerun)."""
+    ("stale", why) it cannot become that run (kept, or rerun with --rerun-stale)."""
     state = finished_state(run_dir)
     tc = cfg.train
     if state["epoch"] > tc.epochs:
