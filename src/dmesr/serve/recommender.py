@@ -22,7 +22,6 @@ import torch
 from dmesr.data.dataset import SplitView
 from dmesr.errors import DmesrError
 from dmesr.eval.evaluate import MAX_SCORES_PER_CHUNK
-from dmesr.io import read_json
 from dmesr.train.commands import TrainedRun, load_trained_run
 
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ class Recommender:
     def _feature_files(self) -> dict[str, str] | None:
         """sha256 prefix of each feature view the model reads (None: ID-only, or a run
         from before runs recorded them): which MLLM descriptions this server answers with."""
-        record = read_json(self.run.path / "run.json").get("features")
+        record = self.run.record.get("features")
         if not record:
             return None
         return {view: files["features_sha256"][:12] for view, files in record["views"].items()}

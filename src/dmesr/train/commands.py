@@ -6,7 +6,7 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,6 +40,7 @@ class TrainedRun:
     dataset: PreparedDataset
     model: SequentialRecommender
     checkpoint: Path
+    record: dict[str, Any]  # run.json: provenance, dataset, feature files
 
 
 def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
@@ -69,7 +70,7 @@ def load_trained_run(run: Path, checkpoint: str = "best") -> TrainedRun:
     model = build_model(cfg.model, ds.n_items, popularity=ds.train_item_popularity(),
                         dataset=ds)
     load_checkpoint(ckpt, model)
-    return TrainedRun(run, cfg, ds, model.eval(), ckpt)
+    return TrainedRun(run, cfg, ds, model.eval(), ckpt, record)
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = True) -> dict[str, float]:

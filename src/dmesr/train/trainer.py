@@ -26,7 +26,7 @@ from dmesr.data.dataset import PreparedDataset
 from dmesr.errors import ConfigError
 from dmesr.eval.evaluate import EvalSplit, dataset_groups, evaluate, load_eval_split, save_per_user
 from dmesr.features.store import check_features
-from dmesr.io import provenance, read_json, read_jsonl, write_json
+from dmesr.io import provenance, read_json, read_jsonl, write_json, write_text
 from dmesr.models import build_model, feature_record
 from dmesr.train.checkpoint import load_checkpoint, save_checkpoint
 from dmesr.train.config import RunConfig
@@ -196,7 +196,7 @@ class Trainer:
             self.ds.check_hash(saved["dataset"]["content_hash"], f"run {self.out}")
             check_features(saved.get("features"), features, f"run {self.out}")
             return True
-        cfg_path.write_text(dump_yaml(self.cfg))
+        write_text(cfg_path, dump_yaml(self.cfg))
         write_json(self.out / "run.json", provenance(
             dataset={"path": str(self.ds.root), "name": self.ds.name,
                      "content_hash": self.ds.content_hash},
@@ -219,7 +219,7 @@ class Trainer:
                                   "use another --out or --overwrite")
             metrics.replace(self.out / f"metrics.epoch{epoch}.json")
         if record_continuation(self.out, self.cfg, _comparable(self.cfg), epoch):
-            (self.out / "config.yaml").write_text(dump_yaml(self.cfg))
+            write_text(self.out / "config.yaml", dump_yaml(self.cfg))
 
     # ---- loop ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int, on_step: StepHook | None) -> float:
