@@ -45,6 +45,15 @@ SCRIPT = textwrap.dedent("""
     # the CLI under torchrun: rank 0 locks, writes and prints; the others only train
     train.main(["--config", config, "--out", str(out / "cli"), "--seeds", "1,2"],
                standalone_mode=False)
+    # going on is refused on rank 0 (with eval_every=2, epoch 3 was validated only as the
+    # last one): every rank must raise, none may be left waiting in a collective
+    odd = cfg.train.model_copy(update={"eval_every": 2})
+    Trainer(cfg.model_copy(update={"train": odd}), ds, out / "refused").fit()
+    longer = odd.model_copy(update={"epochs": 5})
+    try:
+        Trainer(cfg.model_copy(update={"train": longer}), ds, out / "refused").fit()
+    except Exception as exc:
+        (out / f"refused{resumed.ranks.rank}.txt").write_text(type(exc).__name__)
 """)
 
 
@@ -100,6 +109,10 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_did(ddp_run) -> None:
     assert resumed == direct and len(direct) == 1
     log = [json.loads(line) for line in (root / "resumed" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
+    # it had finished at epoch 2: going on is noted once (rank 0), with every rank waiting
+    record = json.loads((root / "resumed" / "run.json").read_text())
+    assert [c["from_epoch"] for c in record["continued"]] == [2]
+    assert (root / "resumed" / "metrics.epoch2.json").is_file()
 
 
 def test_the_cli_under_torchrun_prints_once_per_seed(ddp_run) -> None:
@@ -110,6 +123,14 @@ def test_the_cli_under_torchrun_prints_once_per_seed(ddp_run) -> None:
         assert proc.stdout.count(f"seed{seed}: valid.full.NDCG@10") == 1
     assert (root / "cli" / "aggregate.json").is_file()
     assert not any(is_locked(root / "cli" / f"seed{seed}") for seed in (1, 2))
+
+
+def test_a_refusal_to_go_on_stops_every_rank(ddp_run) -> None:
+    root, proc = ddp_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "refused0.txt").read_text() == "ConfigError"
+    assert (root / "refused1.txt").read_text() == "DmesrError"  # "rank 0 failed: …"
+    assert (root / "refused" / "metrics.json").is_file()  # the finished run is kept
 
 
 def test_single_process_ranks_do_the_work_in_place() -> None:

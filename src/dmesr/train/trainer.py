@@ -274,8 +274,8 @@ class Trainer:
                 self.log.truncate(self.state["log_offset"])
             if still_stopped(self.state, self.cfg.train):
                 return self.finish()
-            if main:
-                self._note_continuation()
+            # via on_main: a refusal on rank 0 must stop the other ranks too
+            on_main(self.ranks, self._note_continuation)
             self.state["stopped"] = None  # a larger patience or budget lets it go on
         tb = _tensorboard(self.out, self.cfg.train.tensorboard and main)
         self._loop(on_step, tb)
