@@ -10,7 +10,9 @@ kept, with no extra training. Validation only: test metrics exist for the logged
 best checkpoint alone. A patience longer than the one the run was trained with cannot be
 replayed where the run stopped early; those cells print `n/a`. A `+` after the stop epoch:
 the curve ends there (epoch cap, kill, or a run still training) before this patience
-would have stopped it. Accepts run folders, grid folders and archived results folders
+would have stopped it. `--smooth W` adds each run's best W-validation moving average and,
+per variant (a run's parent folder), the seed means of both maxima: a lead that holds on
+the moving average is not one lucky validation out of a long curve. Accepts run folders, grid folders and archived results folders
 (any folder holding `log.jsonl` files). Writes
 benchmarks/results/patience_replay_<name>.json.
 """
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dmesr.io import read_json
@@ -70,6 +74,27 @@ def replay_run(run: dict, patiences: list[int]) -> dict[int, dict | None]:
     return out
 
 
+def best_moving_average(scores: list[float], window: int) -> float | None:
+    """The best mean of `window` consecutive validations (None: a shorter curve)."""
+    if len(scores) < window:
+        return None
+    return float(np.convolve(scores, np.ones(window) / window, mode="valid").max())
+
+
+def variant_means(runs: dict[Path, tuple[float, float | None]]) -> dict[str, dict]:
+    """Seed means per variant folder of (best validation, best moving average)."""
+    groups: dict[Path, list[tuple[float, float | None]]] = defaultdict(list)
+    for run_dir, pair in runs.items():
+        groups[run_dir.parent].append(pair)
+    out = {}
+    for folder, pairs in sorted(groups.items()):
+        smooth = [m for _, m in pairs]
+        out["/".join(folder.parts[-2:])] = {
+            "runs": len(pairs), "best_valid": float(np.mean([b for b, _ in pairs])),
+            "best_moving_average": None if None in smooth else float(np.mean(smooth))}
+    return out
+
+
 def _cell(r: dict) -> str:
     ended = "" if r["stopped_by_patience"] else "+"
     return f"{r['valid_NDCG@10']:.4f} ({r['best_epoch']:>3d}/{r['stop_epoch']:>3d}{ended})"
@@ -80,6 +105,8 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--patience", nargs="+", type=int, default=[10, 20, 50, 100])
     ap.add_argument("--name", default=None, help="JSON name (default: the first folder's name)")
+    ap.add_argument("--smooth", type=int, default=None, metavar="W",
+                    help="also the best W-validation moving average, per run and variant")
     args = ap.parse_args()
     runs = sorted({p.parent for f in args.folders for p in f.rglob("log.jsonl")})
     if not runs:
@@ -87,19 +114,34 @@ def main() -> None:
     result = {}
     header = "run".ljust(44) + "".join(f"  p={p:<3d} valid (best/stop ep)".ljust(29)
                                        for p in args.patience)
-    print(header)
+    print(header + (f"  best ma{args.smooth}" if args.smooth else ""))
+    maxima: dict[Path, tuple[float, float | None]] = {}
     for run_dir in runs:
         label = "/".join(run_dir.parts[-3:])
-        rows = replay_run(read_run(run_dir), args.patience)
+        run = read_run(run_dir)
+        rows = replay_run(run, args.patience)
         result[str(run_dir)] = {str(p): r for p, r in rows.items()}
         cells = [f"  {'n/a':<27s}" if r is None else f"  {_cell(r)}".ljust(29) for r in rows.values()]
+        if args.smooth:
+            smooth = best_moving_average(run["scores"], args.smooth)
+            maxima[run_dir] = (max(run["scores"]), smooth)
+            result[str(run_dir)]["best_moving_average"] = smooth
+            cells.append("  n/a" if smooth is None else f"  {smooth:.4f}")
         print(label.ljust(44) + "".join(cells))
+    summary = {}
+    if args.smooth:
+        summary = variant_means(maxima)
+        print("\nvariant (seed means)".ljust(45) + f"best valid  best ma{args.smooth}")
+        for variant, m in summary.items():
+            smooth = "n/a" if m["best_moving_average"] is None else f"{m['best_moving_average']:.4f}"
+            print(f"{variant} ({m['runs']} runs)".ljust(44) + f" {m['best_valid']:.4f}      {smooth}")
     name = args.name or args.folders[0].resolve().name
     out = REPO / "benchmarks" / "results" / f"patience_replay_{name}.json"
     out.write_text(json.dumps({"command": "python benchmarks/patience_replay.py "
                                + " ".join(map(str, args.folders))
-                               + " --patience " + " ".join(map(str, args.patience)),
-                               "metric": METRIC, "runs": result}, indent=1))
+                               + " --patience " + " ".join(map(str, args.patience))
+                               + (f" --smooth {args.smooth}" if args.smooth else ""),
+                               "metric": METRIC, "runs": result, "variants": summary}, indent=1))
     print(f"wrote {out.relative_to(REPO)}")
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from dmesr.config import load_config
 from dmesr.train.config import RunConfig
 from dmesr.train.trainer import Trainer
-from patience_replay import read_run, replay, replay_run
+from patience_replay import best_moving_average, read_run, replay, replay_run, variant_means
 
 
 def test_replay_counts_ties_as_no_improvement() -> None:
@@ -19,6 +19,24 @@ def test_replay_counts_ties_as_no_improvement() -> None:
     assert replay(scores, 2) == (3, 1, 0.3, True)   # the tie at index 2 is a bad evaluation
     assert replay(scores, 3) == (7, 4, 0.4, True)
     assert replay(scores, 9) == (7, 4, 0.4, False)  # the curve ends first
+
+
+def test_moving_average_tells_a_lucky_spike_from_a_plateau() -> None:
+    spike = [0.1, 0.1, 0.5, 0.1, 0.1]
+    plateau = [0.1, 0.3, 0.3, 0.3, 0.1]
+    assert max(spike) > max(plateau)
+    assert best_moving_average(spike, 3) == pytest.approx(0.7 / 3)
+    assert best_moving_average(plateau, 3) == pytest.approx(0.3)
+    assert best_moving_average(plateau, 6) is None  # shorter than the window
+
+
+def test_variant_means_group_runs_by_their_parent_folder() -> None:
+    runs = {Path("g/sasrec/a/seed1"): (0.2, 0.1), Path("g/sasrec/a/seed2"): (0.4, 0.3),
+            Path("g/sasrec/b/seed1"): (0.5, None)}
+    means = variant_means(runs)
+    assert means["sasrec/a"] == {"runs": 2, "best_valid": pytest.approx(0.3),
+                                 "best_moving_average": pytest.approx(0.2)}
+    assert means["sasrec/b"]["best_moving_average"] is None
 
 
 def _fit(dataset, out: Path, patience: int) -> dict:
