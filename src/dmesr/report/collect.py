@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,8 @@ class Experiment:
 
     def grid_variants(self) -> list[str]:
         out: list[str] = []
-        for field in ("variants", "ablations"):
-            out += [v for v in self.grid.get(field, []) if v not in out]
+        for key in ("variants", "ablations"):
+            out += [v for v in self.grid.get(key, []) if v not in out]
         return out
 
     def ablations(self) -> set[str]:
@@ -172,22 +172,28 @@ def feature_files(exp: Experiment) -> FeatureFiles:
 
 @dataclass
 class StoppingRules:
-    """The early-stopping patience of an experiment's runs, per backbone, and how many
-    runs went on from an earlier stop under a larger one (run.json `continued`)."""
+    """The early-stopping patience of an experiment's runs, per backbone, how many runs
+    went on from an earlier stop under a larger one (run.json `continued`), and which
+    ended at their epoch cap or time budget with patience left (their best may lie beyond)."""
 
     patience: dict[str, Counter[int]]
     continued: int
+    cut_short: list[str] = field(default_factory=list)
 
 
 def stopping_rules(exp: Experiment) -> StoppingRules:
     patience: dict[str, Counter[int]] = {}
-    continued = 0
+    continued, cut_short = 0, []
     for run in exp.runs:
+        trained = run.metrics.get("train.epochs", 0) > 0  # not popularity and the like
         value = run.record.get("comparable_config", {}).get("train", {}).get("patience")
-        if value is not None and run.metrics.get("train.epochs", 0) > 0:  # trained runs only
+        if value is not None and trained:
             patience.setdefault(run.backbone, Counter())[int(value)] += 1
         continued += bool(run.record.get("continued"))
-    return StoppingRules({b: patience[b] for b in exp.backbones() if b in patience}, continued)
+        if trained and run.metrics.get("stopped") != "early stopping":
+            cut_short.append(f"{run.backbone}/{run.variant}/seed{run.seed}")
+    return StoppingRules({b: patience[b] for b in exp.backbones() if b in patience}, continued,
+                         cut_short)
 
 
 def mean_std(values: pd.Series) -> tuple[float, float, int]:

@@ -160,6 +160,11 @@ def stopping_lines(rules: StoppingRules) -> list[str]:
             parts = ", ".join(f"{p} ({n} runs)" for p, n in sorted(counts.items()))
             lines.append(f"- **Warning: {backbone} runs stopped under different patience**: "
                          f"{parts}; the longer patience may favour its variants.")
+    if cut := rules.cut_short:
+        shown = ", ".join(cut[:6]) + (f" and {len(cut) - 6} more" if len(cut) > 6 else "")
+        lines.append(f"- **Warning: {len(cut)} runs ended at their epoch cap or time budget "
+                     f"with patience left** ({shown}): their best epoch may lie beyond it; a "
+                     "larger `train.epochs` lets them go on from their last checkpoint.")
     return lines
 
 
