@@ -12,8 +12,8 @@ replayed where the run stopped early; those cells print `n/a`. A `+` after the s
 the curve ends there (epoch cap, kill, or a run still training) before this patience
 would have stopped it. `--smooth W` adds each run's best W-validation moving average and,
 per variant (a run's parent folder), the seed means of both maxima: a lead that holds on
-the moving average is not one lucky validation out of a long curve. Accepts run folders, grid folders and archived results folders
-(any folder holding `log.jsonl` files). Writes
+the moving average is not one lucky validation out of a long curve. Accepts run folders,
+grid folders and archived results folders (any folder holding `log.jsonl` files). Writes
 benchmarks/results/patience_replay_<name>.json.
 """
 
