@@ -119,6 +119,9 @@ def main() -> None:
     for run_dir in runs:
         label = "/".join(run_dir.parts[-3:])
         run = read_run(run_dir)
+        if not run["scores"]:  # e.g. a popularity run: nothing was validated
+            print(f"{label}: no {METRIC} in its log.jsonl, skipped")
+            continue
         rows = replay_run(run, args.patience)
         result[str(run_dir)] = {str(p): r for p, r in rows.items()}
         cells = [f"  {'n/a':<27s}" if r is None else f"  {_cell(r)}".ljust(29) for r in rows.values()]

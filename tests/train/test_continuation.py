@@ -145,7 +145,8 @@ def test_the_report_states_each_backbones_patience_and_warns_on_a_mix(
     # a run that ran out of epochs (not patience) is named: its best may lie beyond the cap
     capped = Run("gru4rec", "dmesr", 3, tmp_path / "capped", {"train.epochs": 4, "stopped": None})
     untrained = Run("sasrec", "pop", 1, tmp_path / "pop", {"train.epochs": 0, "stopped": None})
-    lines = stopping_lines(stopping_rules(Experiment(tmp_path, [run(out, 1), capped, untrained],
-                                                     {})))
+    unrecorded = Run("sasrec", "id", 4, tmp_path / "old", {"train.epochs": 9})  # no "stopped"
+    lines = stopping_lines(stopping_rules(Experiment(
+        tmp_path, [run(out, 1), capped, untrained, unrecorded], {})))
     assert lines[-1].startswith("- **Warning: 1 runs ended at their epoch cap or time budget "
                                 "with patience left** (gru4rec/dmesr/seed3)")

@@ -190,7 +190,8 @@ def stopping_rules(exp: Experiment) -> StoppingRules:
         if value is not None and trained:
             patience.setdefault(run.backbone, Counter())[int(value)] += 1
         continued += bool(run.record.get("continued"))
-        if trained and run.metrics.get("stopped") != "early stopping":
+        # None: the epoch cap ended it; a run without the field predates the record
+        if trained and run.metrics.get("stopped", "unrecorded") in (None, "time budget"):
             cut_short.append(f"{run.backbone}/{run.variant}/seed{run.seed}")
     return StoppingRules({b: patience[b] for b in exp.backbones() if b in patience}, continued,
                          cut_short)
